@@ -1,0 +1,769 @@
+"""
+The configuration file: YAML in, immutable records out.
+
+Every rule of the configuration language lives here, and every problem is
+reported as a L{ConfigError} whose message names the model, group, field or
+macro at fault, so that the service can refuse to start with one readable
+line instead of a traceback.  Settings the original llama-swap accepts keep
+their meaning, their defaults and (where they were already clear) their
+error messages.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+from attrs import field, frozen
+
+from llamaswap import macros as _macros
+from llamaswap.macros import MacroError
+
+DEFAULT_GROUP_ID = "(default)"
+DEFAULT_CONCURRENCY_LIMIT = 10
+MIN_HEALTH_CHECK_TIMEOUT = 15
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_TIME_FORMATS = (
+    "",
+    "ansic",
+    "unixdate",
+    "rubydate",
+    "rfc822",
+    "rfc822z",
+    "rfc850",
+    "rfc1123",
+    "rfc1123z",
+    "rfc3339",
+    "rfc3339nano",
+    "kitchen",
+    "stamp",
+    "stampmilli",
+    "stampmicro",
+    "stampnano",
+)
+
+TOP_LEVEL_KEYS = {
+    "healthCheckTimeout",
+    "logLevel",
+    "logTimeFormat",
+    "logRequests",
+    "metricsMaxInMemory",
+    "startPort",
+    "sendLoadingState",
+    "includeAliasesInList",
+    "stopTimeout",
+    "macros",
+    "models",
+    "groups",
+    "hooks",
+    "profiles",
+}
+MODEL_KEYS = {
+    "cmd",
+    "cmdStop",
+    "proxy",
+    "aliases",
+    "env",
+    "checkEndpoint",
+    "ttl",
+    "unlisted",
+    "useModelName",
+    "name",
+    "description",
+    "concurrencyLimit",
+    "filters",
+    "macros",
+    "metadata",
+    "sendLoadingState",
+    "stopTimeout",
+}
+GROUP_KEYS = {"swap", "exclusive", "persistent", "members"}
+
+
+class ConfigError(ValueError):
+    """
+    The configuration cannot be used; the message says why and where.
+    """
+
+
+@frozen
+class GroupConfig:
+    """
+    How a set of models shares the machine.
+
+    @ivar swap: only one member runs at a time.
+    @ivar exclusive: running a member stops the models of every other
+        non-persistent group.
+    @ivar persistent: other groups never stop this group's models.
+    """
+
+    id: str
+    members: tuple[str, ...] = ()
+    swap: bool = True
+    exclusive: bool = True
+    persistent: bool = False
+
+
+@frozen(eq=True, hash=False)
+class ModelConfig:
+    """
+    One model entry, with macros expanded and defaults applied.
+
+    C{cmd} and C{cmd_stop} keep the expanded text (comment lines removed);
+    C{argv} is the command split into arguments, ready for C{spawnProcess}.
+    """
+
+    id: str
+    cmd: str
+    argv: tuple[str, ...]
+    proxy: str
+    cmd_stop: str = ""
+    aliases: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    check_endpoint: str = "/health"
+    ttl: int = 0
+    unlisted: bool = False
+    use_model_name: str = ""
+    name: str = ""
+    description: str = ""
+    concurrency_limit: int = 0
+    strip_params_text: str = ""
+    metadata: Mapping[str, Any] = field(factory=dict)
+    send_loading_state: bool = False
+    stop_timeout: float = 5.0
+    macros: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def strip_params(self) -> tuple[str, ...]:
+        """
+        The request keys to remove: trimmed, de-duplicated, sorted, and
+        never C{model}.
+        """
+        return sanitize_strip_params(self.strip_params_text)
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.concurrency_limit if self.concurrency_limit > 0 else DEFAULT_CONCURRENCY_LIMIT
+
+    @property
+    def health_url(self) -> str | None:
+        """
+        The URL polled for readiness, or C{None} when checks are disabled.
+        """
+        endpoint = self.check_endpoint.strip()
+        if endpoint == "none":
+            return None
+        return join_url(self.proxy, endpoint)
+
+    def environment(self, inherited: Mapping[str, str]) -> dict[str, str]:
+        """
+        The child's environment: the inherited one plus this model's C{env}.
+        """
+        merged = dict(inherited)
+        for entry in self.env:
+            name, _, value = entry.partition("=")
+            merged[name] = value
+        return merged
+
+    def stop_argv(self, pid: int) -> list[str] | None:
+        """
+        The C{cmdStop} command with C{${PID}} filled in, or C{None}.
+        """
+        if not self.cmd_stop.strip():
+            return None
+        return split_command(self.cmd_stop.replace("${PID}", str(pid)))
+
+
+@frozen(eq=True, hash=False)
+class Config:
+    """
+    A whole, validated configuration.
+    """
+
+    models: Mapping[str, ModelConfig]
+    groups: Mapping[str, GroupConfig]
+    health_check_timeout: int = 120
+    log_level: str = "info"
+    log_time_format: str = ""
+    log_requests: bool = False
+    metrics_max_in_memory: int = 1000
+    start_port: int = 5800
+    send_loading_state: bool = False
+    include_aliases_in_list: bool = False
+    stop_timeout: float = 5.0
+    macros: tuple[tuple[str, Any], ...] = ()
+    preload: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(factory=dict)
+    warnings: tuple[str, ...] = field(default=(), eq=False)
+
+    def real_model_name(self, requested: str) -> str | None:
+        """
+        Resolve a model id or alias to the model id, or C{None}.
+        """
+        if requested in self.models:
+            return requested
+        return self.aliases.get(requested)
+
+    def find(self, requested: str) -> ModelConfig | None:
+        real = self.real_model_name(requested)
+        return None if real is None else self.models[real]
+
+    def group_of(self, model_id: str) -> GroupConfig:
+        for group in self.groups.values():
+            if model_id in group.members:
+                return group
+        raise KeyError(model_id)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def sanitize_strip_params(text: str) -> tuple[str, ...]:
+    seen = {part.strip() for part in text.split(",")}
+    seen.discard("")
+    seen.discard("model")
+    return tuple(sorted(seen))
+
+
+def strip_comments(text: str) -> str:
+    """
+    Drop the lines of a command whose first non-blank character is C{#}.
+    """
+    return "\n".join(line for line in text.split("\n") if not line.strip().startswith("#"))
+
+
+def split_command(text: str) -> list[str]:
+    """
+    Split a configured command into arguments like a POSIX shell would:
+    comment lines are dropped, a trailing backslash joins a line to the next,
+    quotes group words.
+
+    @raise ValueError: for an empty command or unbalanced quotes.
+    """
+    lines = []
+    for line in text.split("\n"):
+        trimmed = line.strip()
+        if trimmed.startswith("#"):
+            continue
+        if trimmed.endswith("\\"):
+            lines.append(trimmed[:-1] + " ")
+        else:
+            lines.append(line)
+    args = shlex.split("\n".join(lines), comments=False, posix=True)
+    if not args:
+        raise ValueError("empty command")
+    return args
+
+
+def join_url(base: str, path: str) -> str:
+    """
+    Append C{path} to C{base} with exactly one slash between them.
+    """
+    if not path:
+        return base
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+# ---------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """
+    PyYAML's safe loader, made closer to YAML 1.2 (only C{true}/C{false} are
+    booleans, so a macro value C{on} stays the text "on") and strict about
+    duplicate keys, which would otherwise silently hide a model.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    result: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in result
+        except TypeError:
+            raise ConfigError(
+                f"line {key_node.start_mark.line + 1}: a mapping key must be a plain value"
+            ) from None
+        if duplicate:
+            raise ConfigError(
+                f"line {key_node.start_mark.line + 1}: key '{key}' is defined twice"
+            )
+        result[key] = loader.construct_object(value_node, deep=deep)
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        raise ConfigError(f"invalid YAML: {error}") from None
+
+
+# ---------------------------------------------------------------- typed fields
+
+_TRUE = {"true", "yes", "on"}
+_FALSE = {"false", "no", "off"}
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"the boolean {_macros.format_value(value)}"
+    if isinstance(value, str):
+        return f"the text '{value}'"
+    if isinstance(value, (int, float)):
+        return f"the number {_macros.format_value(value)}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+class _Fields:
+    """
+    Typed access to one mapping of the file, with errors that say where.
+    """
+
+    def __init__(self, data: Any, where: str, known: set[str], warnings: list[str]):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping of settings, got {_describe(data)}")
+        self.data = data
+        self.where = where
+        for key in data:
+            if key not in known:
+                hint = _macros.suggestion(str(key), known).replace("${", "").replace("}", "")
+                warnings.append(f"{where}: unknown setting '{key}' is ignored{hint}")
+
+    def _fail(self, key: str, expected: str, value: Any) -> ConfigError:
+        return ConfigError(f"{self.where}: {key} must be {expected}, got {_describe(value)}")
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def text(self, key: str, default: str = "") -> str:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, (dict, list)):
+            raise self._fail(key, "text", value)
+        return value if isinstance(value, str) else _macros.format_value(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise self._fail(key, "true or false", value)
+
+    def integer(self, key: str, default: int) -> int:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, "a whole number", value)
+        return value
+
+    def number(self, key: str, default: float) -> float:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._fail(key, "a number", value)
+        return float(value)
+
+    def text_list(self, key: str) -> list[str]:
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self._fail(key, "a list", value)
+        result = []
+        for item in value:
+            if item is None or isinstance(item, (dict, list)):
+                raise ConfigError(
+                    f"{self.where}: every entry of {key} must be text, got {_describe(item)}"
+                )
+            result.append(item if isinstance(item, str) else _macros.format_value(item))
+        return result
+
+    def mapping(self, key: str) -> dict:
+        value = self.data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self._fail(key, "a mapping", value)
+        return value
+
+
+def _macro_list(data: Any, where: str) -> list[tuple[str, Any]]:
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}macros must be a mapping, got {_describe(data)}")
+    entries = []
+    for name, value in data.items():
+        try:
+            _macros.validate(name, value)
+        except MacroError as error:
+            raise ConfigError(f"{where}{error}") from None
+        entries.append((name, value))
+    return entries
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str) -> Config:
+    """
+    Read and validate the configuration file at C{path}.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read config file '{path}': {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text: {error}") from None
+    return parse_config(text)
+
+
+def parse_config(text: str) -> Config:
+    """
+    Validate configuration text and build the L{Config} it describes.
+    """
+    warnings: list[str] = []
+    top = _Fields(_read_yaml(text), "config", TOP_LEVEL_KEYS, warnings)
+
+    if top.has("profiles"):
+        warnings.append(
+            "profiles have been removed in favour of groups and are ignored; see the README"
+        )
+    log_requests = top.boolean("logRequests", False)
+    if log_requests:
+        warnings.append("logRequests is deprecated and has no effect; use logLevel instead")
+
+    health_check_timeout = top.integer("healthCheckTimeout", 120)
+    if health_check_timeout < MIN_HEALTH_CHECK_TIMEOUT:
+        warnings.append(
+            f"healthCheckTimeout {health_check_timeout} is below the minimum; using {MIN_HEALTH_CHECK_TIMEOUT}"
+        )
+        health_check_timeout = MIN_HEALTH_CHECK_TIMEOUT
+
+    log_level = top.text("logLevel", "info").strip().lower()
+    if log_level not in LOG_LEVELS:
+        warnings.append(
+            f"logLevel '{log_level}' is not one of {', '.join(LOG_LEVELS)}; using info"
+        )
+        log_level = "info"
+
+    log_time_format = top.text("logTimeFormat", "").strip().lower()
+    if log_time_format not in LOG_TIME_FORMATS:
+        warnings.append(
+            f"logTimeFormat '{log_time_format}' is not a known format ({', '.join(LOG_TIME_FORMATS[1:])}); "
+            "log lines will have no timestamp"
+        )
+        log_time_format = ""
+
+    start_port = top.integer("startPort", 5800)
+    if start_port < 1:
+        raise ConfigError(f"startPort must be 1 or greater, got {start_port}")
+
+    metrics_max = top.integer("metricsMaxInMemory", 1000)
+    if metrics_max <= 0:
+        metrics_max = 1000
+
+    stop_timeout = top.number("stopTimeout", 5.0)
+    if stop_timeout <= 0:
+        raise ConfigError(f"stopTimeout must be a positive number of seconds, got {stop_timeout}")
+
+    send_loading_state = top.boolean("sendLoadingState", False)
+    global_macros = _macro_list(top.data.get("macros"), "")
+
+    raw_models = top.mapping("models")
+    if not raw_models:
+        raise ConfigError("config has no models: add at least one entry under 'models'")
+    models_by_id: dict[str, Any] = {}
+    for key, value in raw_models.items():
+        model_id = key if isinstance(key, str) else _macros.format_value(key)
+        if not model_id.strip():
+            raise ConfigError("models: a model id may not be empty")
+        models_by_id[model_id] = value
+
+    models: dict[str, ModelConfig] = {}
+    next_port = start_port
+    for model_id in sorted(models_by_id):
+        model, uses_port = _build_model(
+            model_id,
+            models_by_id[model_id],
+            global_macros,
+            next_port,
+            send_loading_state,
+            stop_timeout,
+            warnings,
+        )
+        if uses_port:
+            next_port += 1
+        models[model_id] = model
+
+    aliases: dict[str, str] = {}
+    for model_id in sorted(models):
+        for alias in models[model_id].aliases:
+            if alias in aliases:
+                raise ConfigError(f"duplicate alias {alias} found in model: {model_id}")
+            if alias in models:
+                warnings.append(
+                    f"model '{model_id}': alias '{alias}' is also a model id; requests for it go to that model"
+                )
+            aliases[alias] = model_id
+
+    groups = _build_groups(top.mapping("groups"), models, aliases, warnings)
+    preload = _build_preload(top.mapping("hooks"), models, aliases, warnings)
+
+    return Config(
+        models=models,
+        groups=groups,
+        health_check_timeout=health_check_timeout,
+        log_level=log_level,
+        log_time_format=log_time_format,
+        log_requests=log_requests,
+        metrics_max_in_memory=metrics_max,
+        start_port=start_port,
+        send_loading_state=send_loading_state,
+        include_aliases_in_list=top.boolean("includeAliasesInList", False),
+        stop_timeout=stop_timeout,
+        macros=tuple(global_macros),
+        preload=preload,
+        aliases=aliases,
+        warnings=tuple(warnings),
+    )
+
+
+def _build_model(
+    model_id: str,
+    data: Any,
+    global_macros: list[tuple[str, Any]],
+    port: int,
+    global_loading_state: bool,
+    global_stop_timeout: float,
+    warnings: list[str],
+) -> tuple[ModelConfig, bool]:
+    where = f"model {model_id}"
+    fields = _Fields(data, f"model '{model_id}'", MODEL_KEYS, warnings)
+    if not fields.text("cmd").strip():
+        raise ConfigError(f"model '{model_id}': cmd is required")
+
+    model_macros = _macro_list(fields.data.get("macros"), f"{where}: ")
+    merged = _macros.merge(global_macros, model_macros, model_id)
+
+    filters = _Fields(
+        fields.data.get("filters"), f"model '{model_id}' filters", {"stripParams", "strip_params"}, warnings
+    )
+    texts = {
+        "cmd": strip_comments(fields.text("cmd")),
+        "cmdStop": strip_comments(fields.text("cmdStop")),
+        "proxy": fields.text("proxy", "http://localhost:${PORT}"),
+        "checkEndpoint": fields.text("checkEndpoint", "/health"),
+        "filters.stripParams": filters.text("stripParams") or filters.text("strip_params"),
+    }
+    texts = {name: _macros.substitute_text(value, merged) for name, value in texts.items()}
+    metadata = _macros.substitute_data(fields.mapping("metadata"), merged)
+
+    cmd_uses_port = "${PORT}" in texts["cmd"]
+    proxy_uses_port = "${PORT}" in texts["proxy"]
+    uses_port = cmd_uses_port or proxy_uses_port
+    if uses_port:
+        if not cmd_uses_port:
+            raise ConfigError(
+                f"model {model_id}: proxy uses ${{PORT}} but cmd does not - "
+                "${PORT} is only available when used in cmd"
+            )
+        port_macro = [("PORT", port)]
+        for name in ("cmd", "cmdStop", "proxy"):
+            texts[name] = _macros.substitute_text(texts[name], port_macro)
+        metadata = _macros.substitute_data(metadata, port_macro)
+
+    known = _macros.known_names(merged)
+    for name, value in texts.items():
+        for reference in _macros.references(value):
+            if reference == "PID" and name == "cmdStop":
+                continue
+            raise ConfigError(
+                f"unknown macro '${{{reference}}}' found in {model_id}.{name}"
+                + _macros.suggestion(reference, known)
+            )
+    for reference in _macros.references_in_data(metadata):
+        raise ConfigError(
+            f"model {model_id} metadata: unknown macro '${{{reference}}}'"
+            + _macros.suggestion(reference, known)
+        )
+
+    try:
+        argv = split_command(texts["cmd"])
+    except ValueError as error:
+        raise ConfigError(f"model '{model_id}' cmd: {error}") from None
+    if texts["cmdStop"].strip():
+        try:
+            split_command(texts["cmdStop"])
+        except ValueError as error:
+            raise ConfigError(f"model '{model_id}' cmdStop: {error}") from None
+
+    proxy = texts["proxy"].strip()
+    parts = urlsplit(proxy)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"model {model_id}: invalid proxy URL '{proxy}': expected http://host:port or https://host:port"
+        )
+    try:
+        parts.port
+    except ValueError as error:
+        raise ConfigError(f"model {model_id}: invalid proxy URL '{proxy}': {error}") from None
+
+    env = fields.text_list("env")
+    for entry in env:
+        name, equals, _ = entry.partition("=")
+        if not equals or not name.strip():
+            raise ConfigError(f"model '{model_id}' env: '{entry}' is not in the form NAME=value")
+
+    ttl = fields.integer("ttl", 0)
+    if ttl < 0:
+        raise ConfigError(f"model '{model_id}': ttl must be 0 (never unload) or a number of seconds, got {ttl}")
+    concurrency = fields.integer("concurrencyLimit", 0)
+    if concurrency < 0:
+        raise ConfigError(f"model '{model_id}': concurrencyLimit must be 0 or more, got {concurrency}")
+    stop_timeout = fields.number("stopTimeout", global_stop_timeout)
+    if stop_timeout <= 0:
+        raise ConfigError(f"model '{model_id}': stopTimeout must be a positive number of seconds")
+
+    aliases = [alias.strip() for alias in fields.text_list("aliases")]
+    if any(not alias for alias in aliases):
+        raise ConfigError(f"model '{model_id}': an alias may not be empty")
+
+    model = ModelConfig(
+        id=model_id,
+        cmd=texts["cmd"],
+        argv=tuple(argv),
+        proxy=proxy,
+        cmd_stop=texts["cmdStop"],
+        aliases=tuple(aliases),
+        env=tuple(env),
+        check_endpoint=texts["checkEndpoint"].strip(),
+        ttl=ttl,
+        unlisted=fields.boolean("unlisted", False),
+        use_model_name=fields.text("useModelName"),
+        name=fields.text("name"),
+        description=fields.text("description"),
+        concurrency_limit=concurrency,
+        strip_params_text=texts["filters.stripParams"],
+        metadata=metadata,
+        send_loading_state=fields.boolean("sendLoadingState", global_loading_state),
+        stop_timeout=stop_timeout,
+        macros=tuple(model_macros),
+    )
+    return model, uses_port
+
+
+def _build_groups(
+    data: dict, models: Mapping[str, ModelConfig], aliases: Mapping[str, str], warnings: list[str]
+) -> dict[str, GroupConfig]:
+    groups: dict[str, GroupConfig] = {}
+    owner: dict[str, str] = {}
+    for key, value in data.items():
+        group_id = key if isinstance(key, str) else _macros.format_value(key)
+        if group_id == DEFAULT_GROUP_ID:
+            raise ConfigError(f"group name '{DEFAULT_GROUP_ID}' is reserved for ungrouped models")
+        fields = _Fields(value, f"group '{group_id}'", GROUP_KEYS, warnings)
+        members = fields.text_list("members")
+        seen: set[str] = set()
+        for member in members:
+            if member in seen:
+                raise ConfigError(f"duplicate model member {member} found in group: {group_id}")
+            seen.add(member)
+            if member not in models:
+                hint = f" (it is an alias of '{aliases[member]}')" if member in aliases else ""
+                raise ConfigError(f"group '{group_id}': member '{member}' is not a model id{hint}")
+            if member in owner:
+                raise ConfigError(
+                    f"model member {member} is used in multiple groups: {owner[member]} and {group_id}"
+                )
+            owner[member] = group_id
+        groups[group_id] = GroupConfig(
+            id=group_id,
+            members=tuple(members),
+            swap=fields.boolean("swap", True),
+            exclusive=fields.boolean("exclusive", True),
+            persistent=fields.boolean("persistent", False),
+        )
+    ungrouped = tuple(sorted(model_id for model_id in models if model_id not in owner))
+    groups[DEFAULT_GROUP_ID] = GroupConfig(id=DEFAULT_GROUP_ID, members=ungrouped)
+    return groups
+
+
+def _build_preload(
+    hooks: dict, models: Mapping[str, ModelConfig], aliases: Mapping[str, str], warnings: list[str]
+) -> tuple[str, ...]:
+    on_startup = _Fields(
+        _Fields(hooks, "hooks", {"on_startup"}, warnings).data.get("on_startup"),
+        "hooks.on_startup",
+        {"preload"},
+        warnings,
+    )
+    preload: list[str] = []
+    for requested in on_startup.text_list("preload"):
+        requested = requested.strip()
+        if not requested:
+            continue
+        real = requested if requested in models else aliases.get(requested)
+        if real is None:
+            warnings.append(f"hooks.on_startup.preload: '{requested}' is not a model; not preloading it")
+        elif real not in preload:
+            preload.append(real)
+    return tuple(preload)
+
+
+def changed_models(old: Config, new: Config) -> tuple[set[str], set[str], set[str]]:
+    """
+    Compare two configurations model by model: (added, removed, changed).
+
+    A model counts as changed when anything that affects how its process
+    runs or is reached differs, including the settings of its group.
+    """
+    added = set(new.models) - set(old.models)
+    removed = set(old.models) - set(new.models)
+    changed = set()
+    for model_id in set(old.models) & set(new.models):
+        if old.models[model_id] != new.models[model_id]:
+            changed.add(model_id)
+        elif _group_shape(old, model_id) != _group_shape(new, model_id):
+            changed.add(model_id)
+    return added, removed, changed
+
+
+def _group_shape(config: Config, model_id: str) -> tuple:
+    group = config.group_of(model_id)
+    return (group.id, group.swap, group.exclusive, group.persistent)

@@ -1,0 +1,133 @@
+"""
+The in-process publish/subscribe service.
+
+Model state changes, log output, token metrics, preloads and configuration
+reloads are published here as small immutable records; the HTTP streams
+(C{/api/events}, C{/logs/stream}) and the tests subscribe to them.
+
+Publishing never waits for anybody: a subscriber is a plain callback run on
+the reactor thread, and the network-facing subscribers put what they receive
+in a bounded buffer (see L{llamaswap.protocols.streaming}) so that a slow
+client can only lose its own oldest messages, never slow the publisher or
+grow memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from attrs import frozen
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+log = Logger()
+
+
+@frozen
+class ProcessStateChanged:
+    model: str
+    old: str
+    new: str
+
+
+@frozen
+class ConfigFileChanged:
+    """
+    The configuration file changed; C{state} is "start" when a reload
+    begins and "end" once the new configuration is serving.
+    """
+
+    state: str
+
+
+@frozen
+class LogData:
+    source: str  # "proxy" or "upstream"
+    data: bytes
+
+
+@frozen
+class TokenMetricsRecorded:
+    metrics: Any  # llamaswap.metrics.TokenMetrics
+
+
+@frozen
+class ModelPreloaded:
+    model: str
+    success: bool
+
+
+class Subscription:
+    """
+    One subscriber's registration; L{cancel} it when done.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        callback: Callable[[Any], None],
+        types: tuple[type, ...],
+        on_close: Callable[[], None] | None,
+    ):
+        self._bus = bus
+        self.callback = callback
+        self.types = types
+        self.on_close = on_close
+        self.active = True
+
+    def wants(self, event: object) -> bool:
+        return not self.types or isinstance(event, self.types)
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self._bus._subscriptions.remove(self)
+
+
+class EventBus(Service):
+    """
+    Fan events out to subscribers, in publication order.
+    """
+
+    name = "events"
+
+    def __init__(self) -> None:
+        self._subscriptions: list[Subscription] = []
+
+    def subscribe(
+        self,
+        callback: Callable[[Any], None],
+        *types: type,
+        on_close: Callable[[], None] | None = None,
+    ) -> Subscription:
+        """
+        Call C{callback(event)} for every future event of one of C{types}
+        (all events when none are given).  C{on_close} runs if the service
+        stops while the subscription is active, so streams can end cleanly.
+        """
+        subscription = Subscription(self, callback, types, on_close)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscriptions)
+
+    def publish(self, event: object) -> None:
+        for subscription in list(self._subscriptions):
+            if subscription.active and subscription.wants(event):
+                try:
+                    subscription.callback(event)
+                except Exception:
+                    log.failure("event subscriber failed on {event!r}", event=event)
+
+    def stopService(self) -> None:
+        super().stopService()
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            subscription.active = False
+            if subscription.on_close is not None:
+                try:
+                    subscription.on_close()
+                except Exception:
+                    log.failure("closing an event subscriber failed")

@@ -1,0 +1,220 @@
+"""
+Who may run when: the swap, exclusive and persistent group policies.
+
+Every request first asks the L{Scheduler} for a L{Lease} on its model.  The
+scheduler admits it at once when nothing that conflicts with the model is
+running; otherwise the request waits in a first-come-first-served queue while
+the conflicting models are drained -- they stop accepting new requests,
+finish the ones in flight, and are stopped -- and is admitted as soon as
+they are gone.  Two models conflict when
+
+  - they are different members of one group with C{swap: true}, or
+  - the first belongs to a group with C{exclusive: true} and the second to
+    another group that is not C{persistent}.
+
+Because admission and draining are decided in one place, on the reactor
+thread, a request can never reach a model that is being swapped out, and a
+model is never stopped under a request that was admitted to it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterable
+
+from twisted.internet.defer import Deferred
+
+from llamaswap.config import Config
+from llamaswap.events import EventBus, ProcessStateChanged
+from llamaswap.logs import Logs
+from llamaswap.process import READY, STARTING, STOPPING, ModelProcess
+
+
+class TooManyRequests(Exception):
+    """
+    The model already has as many requests as its concurrencyLimit allows.
+    """
+
+
+class ShuttingDown(Exception):
+    """
+    The service is stopping and takes no new requests.
+    """
+
+
+def conflicts(config: Config) -> dict[str, frozenset[str]]:
+    """
+    For each model, the models that must not run while it does.
+    """
+    group_of = {member: group for group in config.groups.values() for member in group.members}
+    result = {}
+    for model_id in config.models:
+        group = group_of[model_id]
+        blocked = set()
+        if group.swap:
+            blocked.update(member for member in group.members if member != model_id)
+        if group.exclusive:
+            for other in config.groups.values():
+                if other.id != group.id and not other.persistent:
+                    blocked.update(other.members)
+        result[model_id] = frozenset(blocked)
+    return result
+
+
+class Lease:
+    """
+    One request's permission to use a model; release it when the response
+    is over (releasing twice is harmless).
+    """
+
+    def __init__(self, scheduler: Scheduler, process: ModelProcess):
+        self._scheduler = scheduler
+        self.process = process
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.process.release()
+            self._scheduler._pump()
+
+
+class _Waiter:
+    def __init__(self, model_id: str):
+        self.model_id = model_id
+        self.deferred: Deferred = Deferred(self._cancelled)
+        self.scheduler: Scheduler | None = None
+
+    def _cancelled(self, _: Deferred) -> None:
+        if self.scheduler is not None:
+            self.scheduler._forget(self)
+
+
+class Scheduler:
+    """
+    Admits requests to models and drains conflicting models first.
+    """
+
+    def __init__(self, config: Config, processes: dict[str, ModelProcess], logs: Logs, bus: EventBus):
+        self.processes = processes
+        self._logs = logs
+        self._conflicts = conflicts(config)
+        self._queue: deque[_Waiter] = deque()
+        self._draining: set[str] = set()
+        self._closed = False
+        self._pumping = False
+        self._again = False
+        self._subscription = bus.subscribe(self._state_changed, ProcessStateChanged)
+
+    def close(self) -> None:
+        """
+        Refuse new requests and fail the waiting ones (service shutdown).
+        """
+        self._closed = True
+        self._subscription.cancel()
+        waiting, self._queue = self._queue, deque()
+        for waiter in waiting:
+            waiter.scheduler = None
+            waiter.deferred.errback(ShuttingDown("llamaswap is shutting down"))
+
+    def request(self, model_id: str) -> Deferred:
+        """
+        Ask to use C{model_id}.
+
+        @return: a Deferred firing with a L{Lease} once the model may be used
+            (cancel it if the client goes away while waiting).
+        @raise TooManyRequests: at once, when the model's concurrency limit
+            is reached.
+        @raise ShuttingDown: when the service is stopping.
+        """
+        if self._closed:
+            raise ShuttingDown("llamaswap is shutting down")
+        process = self.processes[model_id]
+        waiting = sum(1 for waiter in self._queue if waiter.model_id == model_id)
+        if process.inflight + waiting >= process.config.max_concurrency:
+            raise TooManyRequests(f"Too many requests for model {model_id}")
+        waiter = _Waiter(model_id)
+        waiter.scheduler = self
+        self._queue.append(waiter)
+        self._pump()
+        return waiter.deferred
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        waiter.scheduler = None
+        try:
+            self._queue.remove(waiter)
+        except ValueError:
+            return
+        self._pump()
+
+    def _state_changed(self, event: ProcessStateChanged) -> None:
+        if event.model in self.processes and event.new not in (STARTING, READY):
+            self._pump()
+
+    def _active(self, model_id: str) -> bool:
+        process = self.processes[model_id]
+        return process.inflight > 0 or process.state in (STARTING, READY, STOPPING)
+
+    def _pump(self) -> None:
+        """
+        Admit every waiting request that can run now, in arrival order, and
+        drain whatever stands in the way of the others.
+
+        Admitting or stopping can call back into the scheduler; such nested
+        calls only ask for another round, so every decision is made on a
+        consistent view.
+        """
+        if self._closed:
+            return
+        if self._pumping:
+            self._again = True
+            return
+        self._pumping = True
+        try:
+            self._again = True
+            while self._again and not self._closed:
+                self._again = False
+                self._pump_once()
+        finally:
+            self._pumping = False
+
+    def _pump_once(self) -> None:
+        reserved: set[str] = set()
+        drain: set[str] = set()
+        admitted: list[tuple[_Waiter, ModelProcess]] = []
+        for waiter in list(self._queue):
+            model_id = waiter.model_id
+            blockers = {other for other in self._conflicts[model_id] if self._active(other)}
+            if not blockers and model_id not in reserved and model_id not in drain:
+                self._queue.remove(waiter)
+                waiter.scheduler = None
+                process = self.processes[model_id]
+                process.acquire()  # from here on the model counts as active
+                admitted.append((waiter, process))
+                continue
+            reserved |= self._conflicts[model_id]
+            drain |= blockers
+        for model_id in sorted(drain - self._draining):
+            self._logs.proxy.debug(f"<{model_id}> draining: another model needs the machine")
+        self._draining = drain
+        for model_id in sorted(drain):
+            process = self.processes[model_id]
+            if process.inflight == 0 and process.state in (STARTING, READY):
+                self._logs.proxy.info(f"<{model_id}> stopping to make room for another model")
+                process.stop()
+        for waiter, process in admitted:
+            waiter.deferred.callback(Lease(self, process))
+
+    def is_draining(self, model_id: str) -> bool:
+        return model_id in self._draining
+
+    def stop_all(self, models: Iterable[str] | None = None) -> list[Deferred]:
+        """
+        Stop the given (or all) models right away, in-flight requests or not.
+        """
+        ids = self.processes if models is None else models
+        return [self.processes[model_id].stop() for model_id in ids]

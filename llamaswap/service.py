@@ -1,0 +1,95 @@
+"""
+The top-level service: wires the event bus, the logs, the model manager and
+the HTTP listener together, and stops them in order (no new connections,
+then every model server, then the streams).
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python.filepath import FilePath
+
+from llamaswap.config import Config
+from llamaswap.events import EventBus
+from llamaswap.listen import display_url
+from llamaswap.logs import Logs
+from llamaswap.manager import ModelManager
+from llamaswap.metrics import MetricsStore
+from llamaswap.proxy import UpstreamClient
+from llamaswap.routes import Routes
+from llamaswap.web import CORSRoot, LlamaswapSite
+
+
+def static_directory() -> FilePath:
+    """
+    Where the web UI's files are: the installed C{llamaswap.ui} package, or
+    the C{static/} folder of a source checkout.
+    """
+    try:
+        installed = resources.files("llamaswap.ui")
+        if installed.joinpath("index.html").is_file():
+            return FilePath(str(installed))
+    except ModuleNotFoundError:
+        pass
+    return FilePath(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static"))
+
+
+class LlamaswapService(MultiService):
+    """
+    One running llamaswap.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        listen: str,
+        reactor=None,
+        config_path: str | None = None,
+        watch_config: bool = False,
+        startup_notes: tuple[str, ...] = (),
+        probe=None,
+    ):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.clock = reactor
+        self.config = config
+        self.config_path = config_path
+        self.watch_config = watch_config
+        self.listen = listen
+        self._startup_notes = startup_notes
+        self.bus = EventBus()
+        self.bus.setServiceParent(self)
+        self.logs = Logs(self.bus, config.log_level, config.log_time_format)
+        self.metrics = MetricsStore(self.bus, config.metrics_max_in_memory)
+        self.client = UpstreamClient(reactor)
+        self.manager = ModelManager(config, reactor=reactor, logs=self.logs, bus=self.bus, probe=probe)
+        self.manager.setServiceParent(self)
+        self.routes = Routes(self, static_directory())
+        self.site = LlamaswapSite(CORSRoot(self.routes.resource()), self.logs.proxy, clock=reactor)
+        self.http = StreamServerEndpointService(serverFromString(reactor, listen), self.site)
+        self.http._raiseSynchronously = True
+        self.http.setServiceParent(self)
+
+    def startService(self) -> None:
+        for note in self._startup_notes:
+            self.logs.proxy.warn(note)
+        for warning in self.config.warnings:
+            self.logs.proxy.warn(f"config: {warning}")
+        super().startService()
+        self.logs.proxy.info(f"llamaswap listening on {display_url(self.listen)}")
+
+    def stopService(self):
+        stopping = super().stopService()
+
+        def close_connections(result):
+            closing = self.client.close()
+            return closing.addCallback(lambda _: result) if closing is not None else result
+
+        return stopping.addBoth(close_connections)

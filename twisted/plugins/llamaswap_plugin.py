@@ -1,0 +1,97 @@
+"""
+The C{twistd llamaswap} command line.
+
+Kept free of heavy imports: twistd imports every plugin module just to list
+the available commands.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve many local LLM inference servers behind one OpenAI-compatible endpoint, "
+        "starting, swapping and stopping them on demand. Without --config, ./config.yaml is "
+        "used if it exists, else a built-in demo configuration."
+    )
+    optParameters = [
+        ["config", "c", None, "Configuration file (YAML)."],
+        [
+            "listen",
+            "l",
+            None,
+            "Listen address: HOST:PORT, :PORT (all interfaces) or a Twisted endpoint "
+            "description such as tcp:8080:interface=127.0.0.1 "
+            "[default: 127.0.0.1:8080, 127.0.0.1:8443 with TLS].",
+        ],
+        ["tls-cert-file", None, None, "TLS certificate file (PEM); needs --tls-key-file."],
+        ["tls-key-file", None, None, "TLS private key file (PEM); needs --tls-cert-file."],
+    ]
+    optFlags = [["watch-config", "w", "Reload the configuration when the file changes."]]
+
+    def opt_version(self):
+        """
+        Print the llamaswap version and exit.
+        """
+        from llamaswap import __version__
+
+        print(f"llamaswap version {__version__}")
+        sys.exit(0)
+
+    def postOptions(self):
+        from llamaswap.listen import ListenError, endpoint_description
+
+        try:
+            self["endpoint"] = endpoint_description(
+                self["listen"], self["tls-cert-file"], self["tls-key-file"]
+            )
+        except ListenError as error:
+            raise usage.UsageError(str(error)) from None
+        if self["config"] is None and os.path.exists("config.yaml"):
+            self["config"] = "config.yaml"
+        if self["watch-config"] and self["config"] is None:
+            raise usage.UsageError("--watch-config needs a configuration file (-c)")
+
+
+@implementer(IServiceMaker, IPlugin)
+class LlamaswapServiceMaker:
+    tapname = "llamaswap"
+    description = "One OpenAI-compatible endpoint for many local LLMs, swapped on demand."
+    options = Options
+
+    def makeService(self, options):
+        from llamaswap.config import ConfigError, load_config
+        from llamaswap.demo import DEMO_NOTICE, demo_config
+        from llamaswap.service import LlamaswapService
+
+        notes: tuple[str, ...] = ()
+        path = options["config"]
+        try:
+            if path is None:
+                config = demo_config()
+                notes = (DEMO_NOTICE,)
+            else:
+                path = os.path.abspath(path)
+                config = load_config(path)
+        except ConfigError as error:
+            sys.stderr.write(f"llamaswap: error loading config: {error}\n")
+            sys.exit(1)
+        return LlamaswapService(
+            config,
+            listen=options["endpoint"],
+            config_path=path,
+            watch_config=options["watch-config"],
+            startup_notes=notes,
+        )
+
+
+serviceMaker = LlamaswapServiceMaker()
