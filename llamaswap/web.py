@@ -144,7 +144,7 @@ class LlamaswapSite(server.Site):
         return channel
 
     def log(self, request, disconnected: bool = False):
-        if getattr(request, "_logged", True) or request.path in UNLOGGED_PATHS:
+        if getattr(request, "_logged", True) or request.path is None or request.path in UNLOGGED_PATHS:
             return
         request._logged = True
         client = request.getClientAddress()
