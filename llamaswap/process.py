@@ -271,7 +271,7 @@ class ModelProcess:
             self._reactor.callLater(0, self._start_failed, reason)
             return
         command = self._wrap_command(argv)
-        self._logs.proxy.debug(
+        self._logs.proxy.info(
             f"<{self.id}> starting: {' '.join(argv)}"
             + (f" (env: {', '.join(self.config.env)})" if self.config.env else "")
         )
@@ -392,7 +392,7 @@ class ModelProcess:
         self._kill_call = self._reactor.callLater(self.config.stop_timeout, self._kill)
 
     def _run_stop_command(self, argv: list[str]) -> None:
-        self._logs.proxy.debug(f"<{self.id}> running stop command: {' '.join(argv)}")
+        self._logs.proxy.info(f"<{self.id}> running stop command: {' '.join(argv)}")
 
         def stop_command_ended(reason: Failure) -> None:
             code, description = describe_exit(reason)

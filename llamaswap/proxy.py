@@ -17,13 +17,22 @@ import json
 from io import BytesIO
 from typing import Callable, Protocol as TypingProtocol
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
+    BrowserLikePolicyForHTTPS,
     FileBodyProducer,
     HTTPConnectionPool,
     ResponseDone,
@@ -32,7 +41,7 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -119,6 +128,72 @@ def quiet_pool(reactor, persistent: bool) -> HTTPConnectionPool:
     return pool
 
 
+@implementer(IStreamClientEndpoint)
+class _FirstThatAnswers:
+    """
+    Try endpoints in order, moving on when a connection is refused: for
+    "localhost", IPv4 first, then IPv6 -- without a resolver thread and
+    without the staggered delays of a general-purpose resolver.
+    """
+
+    def __init__(self, endpoints):
+        self.endpoints = endpoints
+
+    def connect(self, factory):
+        attempts = iter(self.endpoints)
+
+        def attempt(failure=None):
+            try:
+                endpoint = next(attempts)
+            except StopIteration:
+                return failure
+            return endpoint.connect(factory).addErrback(retry)
+
+        def retry(failure):
+            failure.trap(ConnectionRefusedError)
+            return attempt(failure)
+
+        return attempt()
+
+
+@implementer(IAgentEndpointFactory)
+class UpstreamEndpoints:
+    """
+    Endpoints for model server URLs, with no DNS round trip for IP
+    literals and localhost.
+    """
+
+    def __init__(self, reactor, connect_timeout: float = 10):
+        self._reactor = reactor
+        self._timeout = connect_timeout
+        self._tls_policy = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri):
+        host = uri.host.decode("ascii")
+        bare = host.strip("[]")
+        reactor, timeout = self._reactor, self._timeout
+        if isIPAddress(bare):
+            endpoint = TCP4ClientEndpoint(reactor, bare, uri.port, timeout=timeout)
+        elif isIPv6Address(bare):
+            endpoint = TCP6ClientEndpoint(reactor, bare, uri.port, timeout=timeout)
+        elif bare == "localhost":
+            endpoint = _FirstThatAnswers(
+                [
+                    TCP4ClientEndpoint(reactor, "127.0.0.1", uri.port, timeout=timeout),
+                    TCP6ClientEndpoint(reactor, "::1", uri.port, timeout=timeout),
+                ]
+            )
+        else:
+            endpoint = HostnameEndpoint(reactor, uri.host, uri.port, timeout=timeout)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
+
+
+def upstream_agent(reactor, pool: HTTPConnectionPool, connect_timeout: float = 10) -> Agent:
+    return Agent.usingEndpointFactory(reactor, UpstreamEndpoints(reactor, connect_timeout), pool=pool)
+
+
 class UpstreamClient:
     """
     The HTTP client for model servers: one pool of keep-alive connections
@@ -132,7 +207,7 @@ class UpstreamClient:
             pool.maxPersistentPerHost = POOL_SIZE_PER_UPSTREAM
             pool.cachedConnectionTimeout = IDLE_CONNECTION_SECONDS
             self.pool = pool
-            agent = Agent(reactor, pool=pool, connectTimeout=10)
+            agent = upstream_agent(reactor, pool)
         else:
             self.pool = None
         self.agent = agent

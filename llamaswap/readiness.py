@@ -114,12 +114,12 @@ def http_probe(reactor, agent=None) -> Probe:
     A probe that GETs the URL with a short connect timeout and reports the
     status code.
     """
-    from twisted.web.client import Agent, readBody
+    from twisted.web.client import readBody
 
-    from llamaswap.proxy import quiet_pool
+    from llamaswap.proxy import quiet_pool, upstream_agent
 
     if agent is None:
-        agent = Agent(reactor, connectTimeout=PROBE_CONNECT_TIMEOUT, pool=quiet_pool(reactor, persistent=False))
+        agent = upstream_agent(reactor, quiet_pool(reactor, persistent=False), PROBE_CONNECT_TIMEOUT)
 
     def probe(url: str) -> Deferred:
         requesting = agent.request(b"GET", url.encode("utf-8"))

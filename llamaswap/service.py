@@ -83,7 +83,19 @@ class LlamaswapService(MultiService):
         for warning in self.config.warnings:
             self.logs.proxy.warn(f"config: {warning}")
         super().startService()
-        self.logs.proxy.info(f"llamaswap listening on {display_url(self.listen)}")
+        scheme = "https" if self.listen.startswith("ssl:") else "http"
+
+        def listening(port):
+            address = port.getHost()
+            host = getattr(address, "host", None)
+            if host is None:
+                where = display_url(self.listen)
+            else:
+                where = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{address.port}"
+            self.logs.proxy.info(f"llamaswap listening on {where}")
+            return port
+
+        self.http._waitingForPort.addCallback(listening)
 
     def stopService(self):
         stopping = super().stopService()
