@@ -28,7 +28,7 @@ from llamaswap.jsonbody import InvalidBody, parse_request_body
 from llamaswap.loading import LoadingStream
 from llamaswap.metrics import MetricsObserver
 from llamaswap.multipart import InvalidForm, boundary_of, form_value, parse_fields, replace_value
-from llamaswap.process import StartFailed
+from llamaswap.process import ProcessShutdown, StartFailed
 from llamaswap.protocols.sse import sse_message
 from llamaswap.protocols.streaming import BoundedStream
 from llamaswap.proxy import ReverseProxyResource
@@ -134,6 +134,8 @@ class Routes:
         def failed(failure: Failure):
             if failure.check(CancelledError):
                 return None  # the client went away while waiting
+            if failure.check(ProcessShutdown):
+                failure = Failure(ShuttingDown(f"llamaswap is shutting down: {failure.value}"))
             if failure.check(StartFailed):
                 message = f"unable to start process: {failure.value}"
             elif failure.check(ShuttingDown):

@@ -49,13 +49,20 @@ class _GeneratorProducer:
     piece may also be a number of seconds to pause.
     """
 
-    def __init__(self, request: server.Request, pieces: Iterator[bytes | float]):
+    def __init__(self, request: server.Request, pieces: Iterator[bytes | float], say=None):
         self.request = request
         self.pieces = pieces
         self.sleeping = None
         self.done = False
+        self.complete = False
+        self._say = say
         request.registerProducer(self, False)
-        request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        request.notifyFinish().addErrback(self._client_gone)
+
+    def _client_gone(self, _) -> None:
+        if not self.complete and self._say is not None:
+            self._say(f"client disconnected from {self.request.path.decode('latin-1')}")
+        self.stopProducing()
 
     def resumeProducing(self) -> None:
         if self.done or self.sleeping is not None:
@@ -63,7 +70,7 @@ class _GeneratorProducer:
         try:
             piece = next(self.pieces)
         except StopIteration:
-            self.done = True
+            self.done = self.complete = True
             self.request.unregisterProducer()
             self.request.finish()
             return
@@ -91,6 +98,10 @@ class FakeUpstream(resource.Resource):
         self.respond = options.respond
         self.healthy_at = time.monotonic() + options.unhealthy_for
         self.requests = 0
+
+    def say(self, message: str) -> None:
+        if not self.options.silent:
+            print(f"fake upstream {self.respond}: {message}", flush=True)
 
     # ------------------------------------------------------------ plumbing
 
@@ -246,7 +257,7 @@ class FakeUpstream(resource.Resource):
             return self._send_json(request, payload)
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-cache")
-        _GeneratorProducer(request, self._stream(request, document, model, chat, chunks, prompt_tokens))
+        _GeneratorProducer(request, self._stream(request, document, model, chat, chunks, prompt_tokens), self.say)
         return server.NOT_DONE_YET
 
     def _stream(self, request, document, model, chat, chunks, prompt_tokens):
@@ -400,15 +411,17 @@ class FakeUpstream(resource.Resource):
                 yield echo[index : index + 1]
                 yield delay
 
-        _GeneratorProducer(request, pieces())
+        _GeneratorProducer(request, pieces(), self.say)
         return server.NOT_DONE_YET
 
     def big(self, request, body):
         """
-        C{total} bytes of text in C{chunk}-byte writes, at the reader's pace.
+        C{total} bytes in C{chunk}-byte writes, at the reader's pace; with
+        C{die_at}, the server exits after sending that many bytes.
         """
         total = int(request.args.get(b"total", [b"1048576"])[0])
         chunk = int(request.args.get(b"chunk", [b"65536"])[0])
+        die_at = int(request.args.get(b"die_at", [b"-1"])[0])
         request.setHeader(b"content-type", b"application/octet-stream")
         if b"length" in request.args:
             request.setHeader(b"content-length", str(total).encode())
@@ -417,11 +430,13 @@ class FakeUpstream(resource.Resource):
         def pieces():
             sent = 0
             while sent < total:
+                if 0 <= die_at <= sent:
+                    os._exit(3)
                 piece = block[: min(chunk, total - sent)]
                 sent += len(piece)
                 yield piece
 
-        _GeneratorProducer(request, pieces())
+        _GeneratorProducer(request, pieces(), self.say)
         return server.NOT_DONE_YET
 
     ROUTES = {
@@ -474,9 +489,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def on_sigterm(number, frame):
         if options.ignore_sigterm:
-            say("fake upstream: ignoring SIGTERM")
+            say(f"fake upstream {options.respond}: ignoring SIGTERM")
             return
-        say("fake upstream: SIGTERM received, shutting down")
+        say(f"fake upstream {options.respond}: SIGTERM received, shutting down")
         reactor.callFromThread(reactor.stop)
 
     say(f"fake upstream {options.respond}: starting, pid {os.getpid()}")
