@@ -14,7 +14,7 @@ from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath, InsecurePath
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 from twisted.web.static import File
 
 from llamaswap.events import (
@@ -311,7 +311,8 @@ class Routes:
             request,
             dropped_notice=lambda count: f"[llamaswap: {count} log chunks dropped, the client was too slow]\n".encode(),
         )
-        if b"no-history" not in request.args:
+        query = request.uri.partition(b"?")[2]
+        if b"no-history" not in {part.partition(b"=")[0] for part in query.split(b"&")}:
             stream.send(monitor.history())
         # Send the headers now, even before any log line.
         request.write(b"")
@@ -322,7 +323,7 @@ class Routes:
 
         subscription = self.service.bus.subscribe(on_log, LogData, on_close=stream.close)
         stream.on_close = subscription.cancel
-        return NOT_DONE_YET
+        return stream.done
 
     @app.route("/api/events", methods=["GET"])
     def api_events(self, request):
@@ -363,7 +364,7 @@ class Routes:
             on_close=stream.close,
         )
         stream.on_close = subscription.cancel
-        return NOT_DONE_YET
+        return stream.done
 
     # ------------------------------------------------------------ misc
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -42,6 +43,8 @@ class BoundedStream:
         self.dropped = 0
         self.paused = False
         self.closed = False
+        # Fires once the stream is over; cancelling it ends the stream.
+        self.done: Deferred = Deferred(lambda _: self._close(finish=False))
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._finished)
 
@@ -93,9 +96,12 @@ class BoundedStream:
         self.closed = True
         self._pending.clear()
         self._pending_bytes = 0
-        if finish and not self.request.finished and not self.request._disconnected:
+        if not self.request._disconnected:
             self.request.unregisterProducer()
-            self.request.finish()
+            if finish and not self.request.finished:
+                self.request.finish()
         if self.on_close is not None:
             on_close, self.on_close = self.on_close, None
             on_close()
+        if not self.done.called:
+            self.done.callback(None)
