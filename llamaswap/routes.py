@@ -15,6 +15,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath, InsecurePath
 from twisted.web.server import Request
+from twisted.web.client import FileBodyProducer
 from twisted.web.static import File
 
 from llamaswap.events import (
@@ -56,6 +57,20 @@ def _read_body(request: Request) -> bytes:
         return b""
     request.content.seek(0)
     return request.content.read()
+
+
+def _spooled_body(request: Request) -> FileBodyProducer | None:
+    """
+    Stream the request body to the upstream from where Twisted spooled it
+    (memory when small, a temporary file otherwise) without reading it all.
+    """
+    if request.content is None:
+        return None
+    request.content.seek(0, 2)
+    if request.content.tell() == 0 and request.method in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+        return None
+    request.content.seek(0)
+    return FileBodyProducer(request.content)
 
 
 class Routes:
@@ -222,7 +237,7 @@ class Routes:
             return b""
         model_id = self.config.real_model_name(candidate)
         target = remaining.encode("utf-8", "surrogateescape") + query
-        return self._use(request, model_id, _read_body(request) or None, path=target)
+        return self._use(request, model_id, _spooled_body(request), path=target)
 
     # ------------------------------------------------------------ models
 

@@ -351,3 +351,18 @@ def test_clean_shutdown_reaps_every_model(llamaswap):
     assert {process.state for process in server.service.manager.processes.values()} == {"shutdown"}
     response = yield starting
     assert response.code in (502, 503)
+
+
+@pytest_twisted.inlineCallbacks
+def test_concurrent_requests_share_one_start(llamaswap):
+    server = llamaswap(
+        f"""
+        models:
+          cold:
+            cmd: {fake("cold", "--startup-delay", "0.5")}
+        """
+    )
+    responses = yield gatherResults([server.chat("cold") for _ in range(6)])
+    assert [response.code for response in responses] == [200] * 6
+    starts = [event for event in server.events if event.model == "cold" and event.new == "starting"]
+    assert len(starts) == 1
