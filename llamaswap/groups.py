@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from collections import deque
 from typing import Iterable
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 
-from llamaswap.config import Config
+from llamaswap.config import Config, ModelConfig
 from llamaswap.events import EventBus, ProcessStateChanged
 from llamaswap.logs import Logs
-from llamaswap.process import READY, STARTING, STOPPING, ModelProcess
+from llamaswap.process import READY, STARTING, STOPPING, ModelProcess, StartFailed
 
 
 class TooManyRequests(Exception):
@@ -40,6 +41,11 @@ class ShuttingDown(Exception):
     """
     The service is stopping and takes no new requests.
     """
+
+
+def _port(model: ModelConfig) -> tuple[str, int]:
+    parts = urlsplit(model.proxy)
+    return (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
 
 
 def conflicts(config: Config) -> dict[str, frozenset[str]]:
@@ -101,6 +107,8 @@ class Scheduler:
         self._conflicts = conflicts(config)
         self._queue: deque[_Waiter] = deque()
         self._draining: set[str] = set()
+        # Processes of an earlier configuration, finishing their requests.
+        self._retiring: list[ModelProcess] = []
         self._closed = False
         self._pumping = False
         self._again = False
@@ -138,6 +146,41 @@ class Scheduler:
         self._queue.append(waiter)
         self._pump()
         return waiter.deferred
+
+    def reconfigure(self, config: Config, processes: dict[str, ModelProcess], retiring: list[ModelProcess]) -> None:
+        """
+        Switch to a new configuration.  C{retiring} processes (of removed or
+        changed models) take no new requests; until they have stopped, a
+        model with the same id or port is not started.
+        """
+        self.processes = processes
+        self._conflicts = conflicts(config)
+        self._retiring.extend(retiring)
+        for waiter in list(self._queue):
+            if waiter.model_id not in processes:
+                self._queue.remove(waiter)
+                waiter.scheduler = None
+                waiter.deferred.errback(
+                    StartFailed(f"model {waiter.model_id} was removed from the configuration")
+                )
+        self._pump()
+
+    def retired(self, process: ModelProcess) -> None:
+        """
+        A retiring process has stopped for good.
+        """
+        if process in self._retiring:
+            self._retiring.remove(process)
+        self._pump()
+
+    def _held_by_retiring(self, model_id: str) -> bool:
+        address = _port(self.processes[model_id].config)
+        for old in self._retiring:
+            if old.state not in (STARTING, READY, STOPPING) and not old.inflight:
+                continue
+            if old.id == model_id or _port(old.config) == address:
+                return True
+        return False
 
     @property
     def waiting(self) -> int:
@@ -189,7 +232,8 @@ class Scheduler:
         for waiter in list(self._queue):
             model_id = waiter.model_id
             blockers = {other for other in self._conflicts[model_id] if self._active(other)}
-            if not blockers and model_id not in reserved and model_id not in drain:
+            held = bool(self._retiring) and self._held_by_retiring(model_id)
+            if not blockers and not held and model_id not in reserved and model_id not in drain:
                 self._queue.remove(waiter)
                 waiter.scheduler = None
                 process = self.processes[model_id]

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 
-from llamaswap.config import Config
+from llamaswap.config import Config, changed_models
 from llamaswap.events import EventBus, ModelPreloaded
 from llamaswap.groups import Lease, Scheduler
 from llamaswap.logs import Logs
@@ -45,15 +45,44 @@ class ModelManager(Service):
         self.scheduler = Scheduler(config, self.processes, logs, bus)
         self._preloading: Deferred | None = None
 
-    def _new_process(self, model_id: str) -> ModelProcess:
+    def _new_process(self, model_id: str, config: Config | None = None) -> ModelProcess:
+        config = config or self.config
         return self._process_factory(
-            self.config.models[model_id],
+            config.models[model_id],
             reactor=self._reactor,
             logs=self._logs,
             bus=self._bus,
             probe=self._probe,
-            health_check_timeout=self.config.health_check_timeout,
+            health_check_timeout=config.health_check_timeout,
         )
+
+    def reconfigure(self, config: Config) -> tuple[set[str], set[str], set[str]]:
+        """
+        Switch to a new configuration without disturbing what did not
+        change: unchanged models keep their running server and their
+        requests; removed and changed ones finish their requests and stop;
+        changed and added ones start on demand with their new settings.
+
+        @return: the (added, removed, changed) model ids.
+        """
+        added, removed, changed = changed_models(self.config, config)
+        old = self.processes
+        processes = {
+            model_id: old[model_id] if model_id in old and model_id not in changed else self._new_process(model_id, config)
+            for model_id in sorted(config.models)
+        }
+        for process in processes.values():
+            process.health_check_timeout = config.health_check_timeout
+        retiring = [old[model_id] for model_id in sorted(removed | changed)]
+        self.config = config
+        self.processes = processes
+        self.scheduler.reconfigure(config, processes, retiring)
+        for process in retiring:
+            process.stop(graceful=True).addBoth(lambda _, process=process: self.scheduler.retired(process))
+        fresh = [model_id for model_id in config.preload if model_id in added | changed]
+        if fresh and self.running:
+            self._preloading = self._preload(fresh)
+        return added, removed, changed
 
     # ------------------------------------------------------------ service
 

@@ -121,6 +121,10 @@ class MetricsStore:
             self._bus.publish(TokenMetricsRecorded(metrics))
         return metrics
 
+    def resize(self, limit: int) -> None:
+        if limit != self._items.maxlen:
+            self._items = deque(self._items, maxlen=max(1, limit))
+
     def all(self) -> list[TokenMetrics]:
         return list(self._items)
 

@@ -94,7 +94,7 @@ class ModelProcess:
         self._logs = logs
         self._bus = bus
         self._probe = probe
-        self._health_check_timeout = health_check_timeout
+        self.health_check_timeout = health_check_timeout
         self._environ = os.environ if environ is None else environ
         self._killpg = killpg
         self._wrap_command = wrap_command
@@ -299,7 +299,7 @@ class ModelProcess:
             self._reactor,
             self._probe,
             url,
-            self._health_check_timeout,
+            self.health_check_timeout,
             on_attempt=lambda why: self._logs.proxy.debug(
                 f"<{self.id}> not ready yet ({why}) on {url}"
             ),

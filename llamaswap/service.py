@@ -14,14 +14,15 @@ from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python.filepath import FilePath
 
-from llamaswap.config import Config
-from llamaswap.events import EventBus
+from llamaswap.config import Config, ConfigError, load_config
+from llamaswap.events import ConfigFileChanged, EventBus
 from llamaswap.listen import display_url
 from llamaswap.logs import Logs
 from llamaswap.manager import ModelManager
 from llamaswap.metrics import MetricsStore
 from llamaswap.proxy import UpstreamClient
 from llamaswap.routes import Routes
+from llamaswap.watcher import ConfigWatcher
 from llamaswap.web import CORSRoot, LlamaswapSite
 
 
@@ -76,6 +77,9 @@ class LlamaswapService(MultiService):
         self.http = StreamServerEndpointService(serverFromString(reactor, listen), self.site)
         self.http._raiseSynchronously = True
         self.http.setServiceParent(self)
+        if watch_config and config_path:
+            self.watcher = ConfigWatcher(config_path, self.reload_config, reactor)
+            self.watcher.setServiceParent(self)
 
     def startService(self) -> None:
         for note in self._startup_notes:
@@ -96,6 +100,37 @@ class LlamaswapService(MultiService):
             return port
 
         self.http._waitingForPort.addCallback(listening)
+
+    def reload_config(self) -> bool:
+        """
+        Load the configuration file again and switch to it; a file that does
+        not load is reported and the current configuration keeps serving.
+        """
+        self.bus.publish(ConfigFileChanged("start"))
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as error:
+            self.logs.proxy.error(f"configuration not reloaded, the previous one stays in use: {error}")
+            self.bus.publish(ConfigFileChanged("end"))
+            return False
+        if config == self.config:
+            self.logs.proxy.info("configuration file changed, but not its settings")
+            self.bus.publish(ConfigFileChanged("end"))
+            return True
+        for warning in config.warnings:
+            self.logs.proxy.warn(f"config: {warning}")
+        added, removed, changed = self.manager.reconfigure(config)
+        self.config = config
+        self.logs.proxy.configure(config.log_level, config.log_time_format)
+        self.metrics.resize(config.metrics_max_in_memory)
+        kept = len(config.models) - len(added) - len(changed)
+        self.logs.proxy.info(
+            "configuration reloaded: "
+            f"{len(added)} added {sorted(added)}, {len(changed)} changed {sorted(changed)}, "
+            f"{len(removed)} removed {sorted(removed)}, {kept} unchanged"
+        )
+        self.bus.publish(ConfigFileChanged("end"))
+        return True
 
     def stopService(self):
         stopping = super().stopService()

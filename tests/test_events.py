@@ -8,7 +8,7 @@ import json
 
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent
 from twisted.web.test.requesthelper import DummyRequest
@@ -148,7 +148,7 @@ models:
 """
 
 
-@pytest_twisted.inlineCallbacks
+@inlineCallbacks
 def connect(server):
     response = yield Agent(reactor).request(b"GET", (server.url + "/api/events").encode())
     events = Events()

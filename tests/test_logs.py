@@ -10,7 +10,7 @@ import time
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent
 
@@ -135,7 +135,7 @@ class Collector(Protocol):
         self.done.callback(None)
 
 
-@pytest_twisted.inlineCallbacks
+@inlineCallbacks
 def open_stream(server, path):
     response = yield Agent(reactor).request(b"GET", (server.url + path).encode())
     collector = Collector()

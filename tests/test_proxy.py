@@ -15,7 +15,7 @@ import psutil
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent, ResponseDone
@@ -212,7 +212,7 @@ def test_loading_state_only_for_streaming_requests_of_cold_models(llamaswap):
     assert "reasoning_content" not in text
 
 
-@pytest_twisted.inlineCallbacks
+@inlineCallbacks
 def raw_exchange(port: int, data: bytes, seconds: float = 1.0):
     """
     Send raw bytes and collect what comes back until the server closes the

@@ -1,0 +1,244 @@
+"""
+--watch-config: the watcher (inotify and polling, editors that replace the
+file, Kubernetes' ..data symlink swap, debouncing) and live reloads that
+keep unchanged models and their requests running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.web.client import Agent, FileBodyProducer
+from twisted.web.http_headers import Headers
+
+from llamaswap.config import parse_config
+from llamaswap.events import ConfigFileChanged
+from llamaswap.service import LlamaswapService
+from llamaswap.watcher import ConfigWatcher
+
+from .conftest import Running, fake, free_port_range, json_of, sleep
+
+
+def test_polling_watcher_debounces_bursts(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("a")
+    clock = Clock()
+    fired = []
+    watcher = ConfigWatcher(str(path), lambda: fired.append(clock.seconds()), clock, use_inotify=False)
+    watcher.startService()
+    assert watcher.mode == "polling"
+    clock.advance(1.0)
+    assert fired == []
+    for content in ("bb", "ccc", "dddd"):
+        path.write_text(content)
+        clock.advance(0.5)  # each poll sees a change and restarts the quiet period
+    assert fired == []
+    clock.advance(0.5)
+    assert fired == []
+    clock.advance(0.5)
+    assert fired == [3.5]
+    clock.advance(5)
+    assert fired == [3.5]
+    watcher.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+@inlineCallbacks
+def wait_until(condition, timeout=5.0):
+    waited = 0.0
+    while not condition():
+        if waited > timeout:
+            raise AssertionError("condition not met in time")
+        yield sleep(0.02)
+        waited += 0.02
+
+
+@pytest_twisted.inlineCallbacks
+def test_inotify_watcher_sees_writes_renames_and_kubernetes_swaps(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("v1")
+    fired = []
+    watcher = ConfigWatcher(str(path), lambda: fired.append(path.read_text()), reactor, debounce=0.1)
+    watcher.startService()
+    try:
+        assert watcher.mode == "inotify"
+        path.write_text("v2")  # a plain write
+        yield wait_until(lambda: fired == ["v2"])
+        replacement = tmp_path / ".config.yaml.swp"
+        replacement.write_text("v3")
+        os.replace(replacement, path)  # an editor's atomic save
+        yield wait_until(lambda: fired == ["v2", "v3"])
+        (tmp_path / "unrelated.txt").write_text("noise")
+        yield sleep(0.3)
+        assert fired == ["v2", "v3"]
+    finally:
+        watcher.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_inotify_watcher_follows_a_configmap_data_swap(tmp_path):
+    # the layout Kubernetes mounts: config.yaml -> ..data/config.yaml, ..data -> ..2024_01
+    first = tmp_path / "..2024_01"
+    first.mkdir()
+    (first / "config.yaml").write_text("first")
+    os.symlink("..2024_01", tmp_path / "..data")
+    os.symlink("..data/config.yaml", tmp_path / "config.yaml")
+    fired = []
+    path = tmp_path / "config.yaml"
+    watcher = ConfigWatcher(str(path), lambda: fired.append(path.read_text()), reactor, debounce=0.1)
+    watcher.startService()
+    try:
+        second = tmp_path / "..2024_02"
+        second.mkdir()
+        (second / "config.yaml").write_text("second")
+        os.symlink("..2024_02", tmp_path / "..data_tmp")
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+        yield wait_until(lambda: fired == ["second"])
+    finally:
+        watcher.stopService()
+
+
+# ---------------------------------------------------------------- live reload
+
+
+def config_text(ports: int, **models: str) -> str:
+    lines = [f"startPort: {ports}", "models:"]
+    for model_id, settings in models.items():
+        lines.append(f"  {model_id}:")
+        lines.extend("    " + line for line in textwrap.dedent(settings).strip().splitlines())
+    return "\n".join(lines) + "\n"
+
+
+class Stream(Protocol):
+    def __init__(self):
+        self.data = b""
+        self.done = Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        self.done.callback(None)
+
+
+@pytest.fixture
+def watched(tmp_path):
+    services = []
+
+    def start(text: str) -> tuple[Running, object]:
+        path = tmp_path / "config.yaml"
+        path.write_text(text)
+        service = LlamaswapService(
+            parse_config(text),
+            listen="tcp:0:interface=127.0.0.1",
+            reactor=reactor,
+            config_path=str(path),
+            watch_config=True,
+        )
+        service.startService()
+        services.append(service)
+        return Running(service, service.http._waitingForPort.result.getHost().port), path
+
+    yield start
+    for service in services:
+        if service.running:
+            pytest_twisted.blockon(service.stopService())
+
+
+@pytest_twisted.inlineCallbacks
+def test_reload_keeps_unchanged_models_and_their_streams(watched):
+    ports = free_port_range(10)
+    # fixed ports, so that adding a model does not shift everyone's ${PORT}
+    keep = f"cmd: {fake('keep').replace('${PORT}', str(ports))}\nproxy: http://127.0.0.1:{ports}"
+    edit = f"cmd: {fake('edit').replace('${PORT}', str(ports + 1))}\nproxy: http://127.0.0.1:{ports + 1}"
+    edited = edit.replace("--respond edit", "--respond edited")
+    added = f"cmd: {fake('added').replace('${PORT}', str(ports + 2))}\nproxy: http://127.0.0.1:{ports + 2}"
+    groups = "groups:\n  all:\n    swap: false\n    exclusive: false\n    members: [{}]\n"
+    server, path = watched(config_text(ports, keep=keep, edit=edit) + groups.format("keep, edit"))
+    changes = []
+    server.service.bus.subscribe(changes.append, ConfigFileChanged)
+    yield server.chat("keep")
+    yield server.chat("edit")
+    keep_pid = server.process("keep").pid
+    # a long stream from the model that will not change
+    body = json.dumps({"model": "keep", "stream": True}).encode()
+    import io
+
+    response = yield Agent(reactor).request(
+        b"POST",
+        (server.url + "/v1/chat/completions?chunks=40&delay=0.1").encode(),
+        Headers({}),
+        FileBodyProducer(io.BytesIO(body)),
+    )
+    stream = Stream()
+    response.deliverBody(stream)
+
+    # 1. add a model and change another
+    path.write_text(config_text(ports, keep=keep, edit=edited, added=added) + groups.format("keep, edit, added"))
+    yield wait_until(lambda: "added" in server.service.config.models, timeout=5)
+    assert server.process("keep").pid == keep_pid
+    answer = yield json_of((yield server.chat("edit")))
+    assert answer["responseMessage"] == "edited"
+    answer = yield json_of((yield server.chat("added")))
+    assert answer["responseMessage"] == "added"
+
+    # 2. break the file: the old configuration keeps serving
+    path.write_text("models: [this is not, a mapping\n")
+    yield wait_until(lambda: "configuration not reloaded" in server.service.logs.proxy_monitor.history().decode())
+    assert "added" in server.service.config.models
+    assert (yield server.chat("added")).code == 200
+
+    # 3. fix it, removing a model
+    path.write_text(config_text(ports, keep=keep, edit=edited) + groups.format("keep, edit"))
+    yield wait_until(lambda: "added" not in server.service.config.models, timeout=5)
+    yield server.wait_for_state("edit", "ready")
+    response = yield server.chat("added")
+    assert response.code == 400
+
+    yield stream.done
+    events = [line for line in stream.data.decode().split("\n") if line.startswith("data: {")]
+    assert len(events) == 42  # 40 chunks, the final chunk and usage: nothing lost
+    assert stream.data.rstrip().endswith(b"data: [DONE]")
+    assert server.process("keep").pid == keep_pid
+    assert [change.state for change in changes].count("start") == 3
+    listing = yield json_of((yield server.get("/v1/models")))
+    assert [entry["id"] for entry in listing["data"]] == ["edit", "keep"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_changed_model_finishes_its_request_before_restarting(watched):
+    ports = free_port_range(4)
+    server, path = watched(config_text(ports, m=f"cmd: {fake('old')}"))
+    yield server.chat("m")
+    slow = server.post("/v1/chat/completions?wait=1.5", json={"model": "m"})
+    yield sleep(0.2)
+    path.write_text(config_text(ports, m=f"cmd: {fake('new')}"))
+    yield sleep(1.2)
+    # the new definition waits for the old server, which still serves the slow request
+    fresh = server.chat("m")
+    old_answer = yield json_of((yield slow))
+    assert old_answer["responseMessage"] == "old"
+    new_answer = yield json_of((yield fresh))
+    assert new_answer["responseMessage"] == "new"
+
+
+@pytest_twisted.inlineCallbacks
+def test_events_tell_the_ui_about_reloads(watched):
+    ports = free_port_range(4)
+    server, path = watched(config_text(ports, m=f"cmd: {fake('m')}"))
+    seen = []
+    server.service.bus.subscribe(seen.append, ConfigFileChanged)
+    path.write_text(config_text(ports, m=f"cmd: {fake('m')}", n=f"cmd: {fake('n')}"))
+    yield wait_until(lambda: len(seen) == 2, timeout=5)
+    assert [event.state for event in seen] == ["start", "end"]
+    statuses = server.service.manager.statuses()
+    assert [status["id"] for status in statuses] == ["m", "n"]
