@@ -7,7 +7,6 @@ then every model server, then the streams).
 from __future__ import annotations
 
 import os
-from importlib import resources
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -31,13 +30,11 @@ def static_directory() -> FilePath:
     Where the web UI's files are: the installed C{llamaswap.ui} package, or
     the C{static/} folder of a source checkout.
     """
-    try:
-        installed = resources.files("llamaswap.ui")
-        if installed.joinpath("index.html").is_file():
-            return FilePath(str(installed))
-    except ModuleNotFoundError:
-        pass
-    return FilePath(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static"))
+    package = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(package, "ui")
+    if os.path.isfile(os.path.join(installed, "index.html")):
+        return FilePath(installed)
+    return FilePath(os.path.join(os.path.dirname(package), "static"))
 
 
 class LlamaswapService(MultiService):

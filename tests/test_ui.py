@@ -1,0 +1,264 @@
+"""
+The web UI in headless Chromium against a real running llamaswap: loading
+and unloading models, log filters, live activity and statistics, the theme,
+surviving a server restart, and screenshots of every page.
+
+Needs Debian's chromium (/usr/bin/chromium) and Playwright for Python;
+skipped with a reason when either is missing.  Screenshots are written to
+test-artifacts/ui/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import textwrap
+import urllib.request
+
+import pytest
+
+from .conftest import fake, free_port, free_port_range
+from .test_twistd import TWISTD, wait_for_health
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+
+
+class Server:
+    """
+    A twistd llamaswap on a fixed port that can be stopped and started again.
+    """
+
+    def __init__(self, tmp_path: pathlib.Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = tmp_path / "config.yaml"
+        self.config.write_text(
+            textwrap.dedent(
+                f"""
+                startPort: {free_port_range(4)}
+                models:
+                  alpha:
+                    name: "Alpha 7B"
+                    description: "first test model"
+                    cmd: {fake("alpha", "--startup-delay", "0.3")}
+                  beta:
+                    name: "Beta 13B"
+                    description: "second test model"
+                    cmd: {fake("beta")}
+                  hidden:
+                    cmd: {fake("hidden")}
+                    unlisted: true
+                """
+            )
+        )
+        self.process = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "llamaswap", "-c", str(self.config), "--listen", f"127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_health(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(20)
+
+    def chat(self, model: str) -> dict:
+        request = urllib.request.Request(
+            self.url + "/v1/chat/completions",
+            data=json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())
+
+
+@pytest.fixture
+def server(tmp_path):
+    server = Server(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme="light")
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
+    yield page
+    context.close()
+
+
+def expect(locator):
+    return sync_api.expect(locator)
+
+
+def model_row(page, model_id):
+    return page.locator(f'tr[data-model="{model_id}"]')
+
+
+def test_load_and_unload_a_model(server, page):
+    page.goto(server.url + "/ui/models")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    row = model_row(page, "alpha")
+    expect(row.get_by_test_id("state")).to_have_text("stopped")
+    row.get_by_role("button", name="Load").click()
+    expect(row.get_by_test_id("state")).to_have_text("ready", timeout=15000)
+    row.get_by_role("button", name="Unload").click()
+    expect(row.get_by_test_id("state")).to_have_text("stopped", timeout=15000)
+    # the model's upstream page is one click away
+    assert row.get_by_role("link").get_attribute("href") == "/upstream/alpha/"
+    assert page.errors == []
+
+
+def test_unlisted_names_and_unload_all(server, page):
+    page.goto(server.url + "/ui/models")
+    expect(model_row(page, "hidden")).to_be_visible()
+    page.get_by_role("button", name="Show unlisted").click()
+    expect(model_row(page, "hidden")).to_have_count(0)
+    page.get_by_role("button", name="Show names").click()
+    expect(model_row(page, "alpha").locator(".model-name a")).to_have_text("Alpha 7B")
+    server.chat("beta")
+    expect(model_row(page, "beta").get_by_test_id("state")).to_have_text("ready")
+    page.get_by_role("button", name="Unload all").click()
+    expect(model_row(page, "beta").get_by_test_id("state")).to_have_text("stopped", timeout=15000)
+    # preferences survive a reload
+    page.reload()
+    expect(model_row(page, "hidden")).to_have_count(0)
+    expect(model_row(page, "alpha").locator(".model-name a")).to_have_text("Alpha 7B")
+
+
+def test_log_filter(server, page):
+    server.chat("alpha")
+    page.goto(server.url + "/ui/logs")
+    proxy_log = page.get_by_test_id("log-proxy")
+    expect(proxy_log).to_contain_text("<alpha> ready after")
+    expect(proxy_log).to_contain_text("Request 127.0.0.1")
+    page.get_by_label("Filter Proxy logs").fill("ready after")
+    expect(proxy_log).to_contain_text("<alpha> ready after")
+    expect(proxy_log).not_to_contain_text("Request 127.0.0.1")
+    page.get_by_label("Filter Proxy logs").fill("([unclosed")
+    expect(page.get_by_label("Filter Proxy logs")).to_have_class("filter invalid")
+    page.get_by_label("Filter Proxy logs").fill("")
+    expect(proxy_log).to_contain_text("Request 127.0.0.1")
+    # live lines arrive without reloading
+    upstream_log = page.get_by_test_id("log-upstream")
+    server.chat("beta")
+    expect(upstream_log).to_contain_text("fake upstream beta: listening")
+    page.get_by_role("button", name="Wrap").first.click()
+    expect(proxy_log).to_have_class("log-body wrap")
+
+
+def test_activity_and_statistics_update_live(server, page):
+    page.goto(server.url + "/ui/activity")
+    expect(page.get_by_text("No requests yet")).to_be_visible()
+    server.chat("beta")
+    table = page.get_by_test_id("activity")
+    expect(table.locator("tbody tr")).to_have_count(1)
+    expect(table.locator("tbody tr").first).to_contain_text("beta")
+    server.chat("alpha")
+    expect(table.locator("tbody tr")).to_have_count(2)
+    expect(table.locator("tbody tr").first).to_contain_text("alpha")  # newest first
+    page.get_by_role("link", name="Models").click()
+    expect(page.get_by_test_id("stat-requests")).to_have_text("2")
+    expect(page.get_by_test_id("stat-generated")).to_have_text("20")
+    expect(page.get_by_test_id("stat-p50")).to_have_text("250.0")
+    assert page.url.endswith("/ui/models")
+
+
+def test_theme_toggle_is_remembered(server, page):
+    page.goto(server.url + "/ui/models")
+    html = page.locator("html")
+    expect(html).to_have_attribute("data-theme", "light")
+    page.get_by_role("button", name="Toggle light and dark theme").click()
+    expect(html).to_have_attribute("data-theme", "dark")
+    page.reload()
+    expect(html).to_have_attribute("data-theme", "dark")
+
+
+def test_title_is_editable_and_remembered(server, page):
+    page.goto(server.url + "/ui/models")
+    title = page.locator("#app-title")
+    title.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("GPU box")
+    page.keyboard.press("Enter")
+    expect(page).to_have_title("GPU box")
+    page.reload()
+    expect(title).to_have_text("GPU box")
+
+
+def test_survives_a_server_restart(server, page):
+    server.chat("alpha")
+    page.goto(server.url + "/ui/activity")
+    dot = page.locator("#connection")
+    expect(dot).to_have_attribute("data-state", "connected")
+    expect(page.get_by_test_id("activity").locator("tbody tr")).to_have_count(1)
+    server.stop()
+    expect(dot).to_have_attribute("data-state", "disconnected", timeout=10000)
+    server.start()
+    expect(dot).to_have_attribute("data-state", "connected", timeout=20000)
+    # resynced with the new server: its metrics (none yet) replace the old ones
+    expect(page.get_by_text("No requests yet")).to_be_visible()
+    server.chat("beta")
+    expect(page.get_by_test_id("activity").locator("tbody tr")).to_have_count(1)
+    expect(page.get_by_test_id("activity").locator("tbody tr").first).to_contain_text("beta")
+    page.get_by_role("link", name="Models").click()
+    expect(model_row(page, "alpha").get_by_test_id("state")).to_have_text("stopped")
+    expect(model_row(page, "beta").get_by_test_id("state")).to_have_text("ready")
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+@pytest.mark.parametrize("width, height", [(1280, 800), (390, 844)])
+def test_screenshots(server, browser, theme, width, height):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for model in ("alpha", "beta", "alpha"):
+        server.chat(model)
+    context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=theme)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        for name in ("models", "logs", "activity"):
+            page.goto(f"{server.url}/ui/{name}")
+            expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+            expect(page.locator("html")).to_have_attribute("data-theme", theme)
+            page.wait_for_timeout(300)
+            # nothing sticks out sideways
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{name} is {overflow}px wider than the {width}px viewport"
+            page.screenshot(path=str(ARTIFACTS / f"{name}-{theme}-{width}x{height}.png"))
+    finally:
+        context.close()
+    assert errors == []
