@@ -14,11 +14,10 @@ it hanging.
 from __future__ import annotations
 
 import json
-from io import BytesIO
 from typing import Callable, Protocol as TypingProtocol
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -33,7 +32,6 @@ from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
-    FileBodyProducer,
     HTTPConnectionPool,
     ResponseDone,
     ResponseNeverReceived,
@@ -68,6 +66,97 @@ POOL_SIZE_PER_UPSTREAM = 64
 # (uvicorn and llama-server: 5 s); forgetting them sooner avoids sending a
 # request on a connection that is being closed.
 IDLE_CONNECTION_SECONDS = 2.0
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body already in memory, written in one go.
+
+    (Twisted's FileBodyProducer hands data over through a cooperator
+    whose timer rounds up to a whole millisecond per step: too slow for a
+    proxy that should add nothing.)
+    """
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer) -> Deferred:
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IBodyProducer)
+class FileProducer:
+    """
+    A request body in a (spooled) file, written as fast as the upstream
+    connection takes it and paused when it does not.
+    """
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, file, length: int):
+        self.file = file
+        self.length = length
+        self._consumer = None
+        self._paused = False
+        self._writing = False
+        self._finished: Deferred | None = None
+
+    def startProducing(self, consumer) -> Deferred:
+        self._consumer = consumer
+        self._finished = Deferred()
+        self._write()
+        return self._finished
+
+    def _write(self) -> None:
+        if self._writing:
+            return  # a write below resumed us; the loop goes on
+        self._writing = True
+        try:
+            while not self._paused and self._finished is not None and not self._finished.called:
+                chunk = self.file.read(self.CHUNK)
+                if not chunk:
+                    self._finished.callback(None)
+                    return
+                self._consumer.write(chunk)
+        finally:
+            self._writing = False
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._write()
+
+    def stopProducing(self) -> None:
+        if self._finished is not None and not self._finished.called:
+            self._finished.errback(CancelledError("the upstream request was aborted"))
+            self._finished.addErrback(lambda _: None)
+
+
+def spooled_body(content) -> FileProducer | None:
+    """
+    A producer for a request body Twisted spooled (memory or a temporary
+    file), or C{None} when there is no body.
+    """
+    if content is None:
+        return None
+    content.seek(0, 2)
+    length = content.tell()
+    content.seek(0)
+    return FileProducer(content, length) if length else None
 
 
 class ResponseObserver(TypingProtocol):
@@ -224,7 +313,7 @@ class UpstreamClient:
             payload = body
 
             def send(_=None) -> Deferred:
-                return self.agent.request(method, url, headers, FileBodyProducer(BytesIO(payload)))
+                return self.agent.request(method, url, headers, BytesProducer(payload))
 
             first = send()
 

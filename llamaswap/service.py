@@ -22,7 +22,7 @@ from llamaswap.metrics import MetricsStore
 from llamaswap.proxy import UpstreamClient
 from llamaswap.routes import Routes
 from llamaswap.watcher import ConfigWatcher
-from llamaswap.web import CORSRoot, LlamaswapSite
+from llamaswap.web import LlamaswapSite, RootResource
 
 
 def static_directory() -> FilePath:
@@ -70,7 +70,8 @@ class LlamaswapService(MultiService):
         self.manager = ModelManager(config, reactor=reactor, logs=self.logs, bus=self.bus, probe=probe)
         self.manager.setServiceParent(self)
         self.routes = Routes(self, static_directory())
-        self.site = LlamaswapSite(CORSRoot(self.routes.resource()), self.logs.proxy, clock=reactor)
+        root = RootResource(self.routes.resource(), self.routes.fast_routes())
+        self.site = LlamaswapSite(root, self.logs.proxy, clock=reactor)
         self.http = StreamServerEndpointService(serverFromString(reactor, listen), self.site)
         self.http._raiseSynchronously = True
         self.http.setServiceParent(self)

@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import json
 import string
+from typing import Callable
 
 from twisted.internet import reactor as default_reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
+
+log = Logger()
 
 from llamaswap.logs import ProxyLog
 
@@ -78,7 +85,9 @@ class LlamaswapRequest(server.Request):
     max_body = MAX_REQUEST_BODY
 
     def __init__(self, channel, queued=None):
-        super().__init__(channel)
+        # Bodies are ours to read: no form parsing into request.args (it
+        # would hold a whole multipart upload in memory a second time).
+        super().__init__(channel, parsePOSTFormSubmission=False)
         self.started = self._clock().seconds()
         self._body_received = 0
         self._logged = False
@@ -160,16 +169,22 @@ class LlamaswapSite(server.Site):
 
 
 @implementer(IResource)
-class CORSRoot:
+class RootResource:
     """
-    Answers every OPTIONS request with permissive CORS headers (browsers
-    ask before cross-origin API calls); everything else goes to the app.
+    The site's root: answers every OPTIONS request with permissive CORS
+    headers (browsers ask before cross-origin API calls), sends the
+    inference endpoints -- the hot path -- straight to their handlers, and
+    everything else to the Klein application.
+
+    A fast route's handler returns bytes, a resource to render, or a
+    Deferred of either; a client that disconnects cancels the Deferred.
     """
 
     isLeaf = True
 
-    def __init__(self, app: Resource):
+    def __init__(self, app: Resource, fast_routes: dict[tuple[bytes, bytes], Callable] | None = None):
         self.app = app
+        self.fast_routes = fast_routes or {}
 
     def getChildWithDefault(self, name, request):
         return self
@@ -179,12 +194,45 @@ class CORSRoot:
 
     def render(self, request):
         if request.method == b"OPTIONS":
-            request.setResponseCode(204)
-            request.setHeader(b"access-control-allow-origin", b"*")
-            request.setHeader(b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS")
-            asked = request.getHeader(b"access-control-request-headers")
-            allowed = sanitize_cors_headers(asked.decode("latin-1")) if asked else DEFAULT_ALLOWED_HEADERS
-            request.setHeader(b"access-control-allow-headers", allowed.encode("latin-1"))
-            request.setHeader(b"access-control-max-age", b"86400")
-            return b""
-        return self.app.render(request)
+            return self._preflight(request)
+        handler = self.fast_routes.get((request.method, request.path))
+        if handler is None:
+            return self.app.render(request)
+        result = handler(request)
+        if isinstance(result, Deferred):
+            request.notifyFinish().addErrback(lambda _: result.cancel())
+            result.addCallback(self._respond, request)
+            result.addErrback(self._failed, request)
+            return NOT_DONE_YET
+        return self._render(result, request)
+
+    @staticmethod
+    def _render(result, request):
+        if IResource.providedBy(result):
+            return result.render(request)
+        return result if result is not None else b""
+
+    def _respond(self, result, request) -> None:
+        if request.finished or request._disconnected:
+            return
+        body = self._render(result, request)
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _failed(self, failure: Failure, request) -> None:
+        if failure.check(CancelledError) or request.finished or request._disconnected:
+            return
+        log.failure("error handling {path}", failure, path=request.path)
+        send_error(request, 500, "internal error")
+
+    @staticmethod
+    def _preflight(request) -> bytes:
+        request.setResponseCode(204)
+        request.setHeader(b"access-control-allow-origin", b"*")
+        request.setHeader(b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS")
+        asked = request.getHeader(b"access-control-request-headers")
+        allowed = sanitize_cors_headers(asked.decode("latin-1")) if asked else DEFAULT_ALLOWED_HEADERS
+        request.setHeader(b"access-control-allow-headers", allowed.encode("latin-1"))
+        request.setHeader(b"access-control-max-age", b"86400")
+        return b""

@@ -22,11 +22,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.web import server
-from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from llamaswap.proxy import ReverseProxyResource, UpstreamClient, quiet_pool, upstream_agent
+from llamaswap.proxy import ReverseProxyResource, UpstreamClient, quiet_pool, spooled_body, upstream_agent
 from llamaswap.web import send_error
 
 
@@ -235,18 +234,11 @@ class WakeOnLanResource(Resource):
         return server.NOT_DONE_YET
 
     def _forwarder(self, request) -> ReverseProxyResource:
-        content = request.content
-        body = None
-        if content is not None:
-            content.seek(0, 2)
-            if content.tell():
-                content.seek(0)
-                body = FileBodyProducer(content)
         return ReverseProxyResource(
             self.proxy.client,
             "upstream",
             (self.proxy.upstream.rstrip("/") + request.uri.decode("latin-1")).encode("latin-1"),
-            body,
+            spooled_body(request.content),
             send_error=send_error,
             log_error=lambda message: log.error("{message}", message=message),
         )
