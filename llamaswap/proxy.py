@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from typing import Callable, Protocol as TypingProtocol
+from urllib.parse import urlsplit
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -26,23 +27,22 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
-    ResponseDone,
-    ResponseNeverReceived,
     _HTTP11ClientFactory,
 )
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
+
+from llamaswap.protocols.client import NoResponse, ResponseHead, UpstreamConnection
 
 log = Logger()
 
@@ -258,24 +258,26 @@ class UpstreamEndpoints:
         self._tls_policy = BrowserLikePolicyForHTTPS()
 
     def endpointForURI(self, uri):
-        host = uri.host.decode("ascii")
+        return self.endpoint(uri.scheme.decode("ascii"), uri.host.decode("ascii"), uri.port)
+
+    def endpoint(self, scheme: str, host: str, port: int):
         bare = host.strip("[]")
         reactor, timeout = self._reactor, self._timeout
         if isIPAddress(bare):
-            endpoint = TCP4ClientEndpoint(reactor, bare, uri.port, timeout=timeout)
+            endpoint = TCP4ClientEndpoint(reactor, bare, port, timeout=timeout)
         elif isIPv6Address(bare):
-            endpoint = TCP6ClientEndpoint(reactor, bare, uri.port, timeout=timeout)
+            endpoint = TCP6ClientEndpoint(reactor, bare, port, timeout=timeout)
         elif bare == "localhost":
             endpoint = _FirstThatAnswers(
                 [
-                    TCP4ClientEndpoint(reactor, "127.0.0.1", uri.port, timeout=timeout),
-                    TCP6ClientEndpoint(reactor, "::1", uri.port, timeout=timeout),
+                    TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout),
+                    TCP6ClientEndpoint(reactor, "::1", port, timeout=timeout),
                 ]
             )
         else:
-            endpoint = HostnameEndpoint(reactor, uri.host, uri.port, timeout=timeout)
-        if uri.scheme == b"https":
-            endpoint = wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
+            endpoint = HostnameEndpoint(reactor, bare.encode("idna"), port, timeout=timeout)
+        if scheme == "https":
+            endpoint = wrapClientTLS(self._tls_policy.creatorForNetloc(bare.encode("idna"), port), endpoint)
         return endpoint
 
 
@@ -285,102 +287,135 @@ def upstream_agent(reactor, pool: HTTPConnectionPool, connect_timeout: float = 1
 
 class UpstreamClient:
     """
-    The HTTP client for model servers: one pool of keep-alive connections
-    shared by every request.
+    The HTTP client for model servers: pools of keep-alive connections (one
+    per upstream address) shared by every request.
     """
 
-    def __init__(self, reactor, agent=None):
+    def __init__(self, reactor, endpoints: UpstreamEndpoints | None = None):
         self._reactor = reactor
-        if agent is None:
-            pool = quiet_pool(reactor, persistent=True)
-            pool.maxPersistentPerHost = POOL_SIZE_PER_UPSTREAM
-            pool.cachedConnectionTimeout = IDLE_CONNECTION_SECONDS
-            self.pool = pool
-            agent = upstream_agent(reactor, pool)
-        else:
-            self.pool = None
-        self.agent = agent
+        self._endpoints = endpoints or UpstreamEndpoints(reactor)
+        self._idle: dict[tuple, list[UpstreamConnection]] = {}
+        self._timers: dict[UpstreamConnection, object] = {}
 
-    def request(
-        self, method: bytes, url: bytes, headers: Headers, body: bytes | IBodyProducer | None
-    ) -> Deferred:
+    def exchange(self, method: bytes, url: bytes, headers: Headers, body: bytes | IBodyProducer | None) -> Deferred:
         """
-        Send a request; a request with an in-memory body that fails before
-        any answer (typically a kept-alive connection the server had just
-        closed) is sent once more on a new connection.
+        Send a request and wait for the response head.
+
+        @return: a Deferred firing with (connection, L{ResponseHead}); read
+            the body with C{connection.read_body(sink)}.  Cancelling it
+            aborts the connection.  A request with an in-memory body that
+            gets no answer on a reused connection (the server had just
+            closed it) is sent once more on a new one.
         """
-        if isinstance(body, bytes):
-            payload = body
+        parts = urlsplit(url.decode("latin-1"))
+        scheme = parts.scheme or "http"
+        port = parts.port or (443 if scheme == "https" else 80)
+        key = (scheme, parts.hostname or "", port)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        host = parts.netloc.encode("latin-1")
+        state: dict = {"connection": None, "attempt": None}
 
-            def send(_=None) -> Deferred:
-                return self.agent.request(method, url, headers, BytesProducer(payload))
+        def cancel(_):
+            if state["attempt"] is not None:
+                state["attempt"].cancel()
+            if state["connection"] is not None:
+                state["connection"].abort()
 
-            first = send()
+        result: Deferred = Deferred(cancel)
 
-            def retry(failure: Failure) -> Deferred | Failure:
-                if failure.check(ResponseNeverReceived) and not _cancelled(failure):
-                    return send()
-                return failure
+        def attempt(fresh: bool) -> None:
+            connection = None if fresh else self._take(key)
+            connecting = self._connect(key) if connection is None else succeed(connection)
+            reused = connection is not None
+            state["attempt"] = connecting
 
-            return first.addErrback(retry)
-        return self.agent.request(method, url, headers, body)
+            def connected(connection: UpstreamConnection):
+                state["attempt"] = None
+                state["connection"] = connection
+                if isinstance(body, bytes):
+                    return connection.send(method, target.encode("latin-1"), host, headers, body=body)
+                return connection.send(method, target.encode("latin-1"), host, headers, producer=body)
 
-    def close(self) -> Deferred | None:
-        if self.pool is not None:
-            return self.pool.closeCachedConnections()
+            def answered(head: ResponseHead) -> None:
+                result.callback((state["connection"], head))
+
+            def failed(failure: Failure) -> None:
+                state["attempt"] = None
+                if result.called:
+                    return
+                if failure.check(NoResponse) and reused and not isinstance(body, FileProducer):
+                    state["connection"] = None
+                    attempt(fresh=True)
+                    return
+                result.errback(failure)
+
+            connecting.addCallback(connected).addCallbacks(answered, failed)
+
+        attempt(fresh=False)
+        return result
+
+    def _connect(self, key: tuple) -> Deferred:
+        scheme, host, port = key
+        factory = Factory.forProtocol(lambda: UpstreamConnection(lambda connection: self._park(key, connection)))
+        factory.noisy = False
+        return self._endpoints.endpoint(scheme, host, port).connect(factory)
+
+    def _take(self, key: tuple) -> UpstreamConnection | None:
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            timer = self._timers.pop(connection, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            if not connection.lost and not connection.busy:
+                return connection
         return None
 
+    def _park(self, key: tuple, connection: UpstreamConnection) -> None:
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= POOL_SIZE_PER_UPSTREAM:
+            connection.transport.loseConnection()
+            return
+        idle.append(connection)
 
-def _cancelled(failure: Failure) -> bool:
-    reasons = getattr(failure.value, "reasons", [])
-    return any(reason.check(CancelledError) for reason in reasons)
+        def expire():
+            self._timers.pop(connection, None)
+            if connection in idle:
+                idle.remove(connection)
+            connection.transport.loseConnection()
+
+        self._timers[connection] = self._reactor.callLater(IDLE_CONNECTION_SECONDS, expire)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        for idle in self._idle.values():
+            for connection in idle:
+                if not connection.lost:
+                    connection.transport.loseConnection()
+        self._idle.clear()
 
 
 @implementer(IPushProducer)
-class _RelayBody(Protocol):
-    """
-    Receives the upstream body and writes it to the client, passing the
-    client's flow control back to the upstream connection.
-    """
-
-    def __init__(self, proxy: _ProxiedExchange):
-        self.proxy = proxy
-
-    # upstream side
-    def dataReceived(self, data: bytes) -> None:
-        self.proxy.relay(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.proxy.upstream_body_ended(reason)
-
-    # client side: IPushProducer registered on the client request
-    def pauseProducing(self) -> None:
-        if self.transport is not None:
-            self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if self.transport is not None:
-            self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-
 class _ProxiedExchange:
     """
-    One client request relayed to one upstream request.
+    One client request relayed to one upstream request.  It is the body
+    sink of the upstream connection and the producer feeding the client,
+    so the client's flow control reaches the upstream connection.
     """
 
     def __init__(self, resource: ReverseProxyResource, request: Request):
         self.resource = resource
         self.request = request
         self.observer = resource.observer
-        self.relay_body: _RelayBody | None = None
+        self.connection: UpstreamConnection | None = None
         self.pending: Deferred | None = None
         self.client_gone = False
         self.done = False
         self.sse = False
+        self.streaming = False
 
     def start(self) -> None:
         request = self.request
@@ -388,52 +423,64 @@ class _ProxiedExchange:
         headers = forwarded_request_headers(request)
         for name, value in self.resource.header_overrides.items():
             headers.setRawHeaders(name, [value])
-        self.pending = self.resource.client.request(
-            request.method, self.resource.url, headers, self.resource.body
-        )
-        self.pending.addCallbacks(self.got_response, self.request_failed)
+        self.pending = self.resource.client.exchange(request.method, self.resource.url, headers, self.resource.body)
+        self.pending.addCallbacks(self.got_head, self.request_failed)
 
-    def got_response(self, response) -> None:
+    def got_head(self, result) -> None:
         self.pending = None
+        connection, head = result
+        self.connection = connection
         if self.client_gone:
-            response.deliverBody(Protocol())  # discard; the connection is closed below
+            connection.abort()
             return
         request = self.request
-        content_type = response.headers.getRawHeaders(b"content-type", [b""])[0].lower()
+        content_type = head.headers.getRawHeaders(b"content-type", [b""])[0].lower()
         self.sse = b"text/event-stream" in content_type
         if not self.resource.headers_sent:
-            request.setResponseCode(response.code, response.phrase)
-            copy_response_headers(response.headers, request)
+            request.setResponseCode(head.code, head.phrase)
+            copy_response_headers(head.headers, request)
         if self.observer is not None:
-            self.observer.response_started(response.code, response.headers)
-        self.relay_body = _RelayBody(self)
-        request.registerProducer(self.relay_body, True)
-        response.deliverBody(self.relay_body)
+            self.observer.response_started(head.code, head.headers)
+        self.streaming = True
+        request.registerProducer(self, True)
+        connection.read_body(self)
 
-    def relay(self, data: bytes) -> None:
+    # the upstream body
+    def body_data(self, data: bytes) -> None:
         if self.client_gone:
             return
         self.request.write(data)
         if self.observer is not None:
             self.observer.data_received(data)
 
-    def upstream_body_ended(self, reason: Failure) -> None:
-        # PotentialDataLoss: no length and no chunking, so the server marked
-        # the end by closing the connection; that is a complete answer.
-        self.finish(reason.check(ResponseDone, PotentialDataLoss) is not None, reason)
+    def body_done(self, complete: bool, reason: str) -> None:
+        self.finish(complete, reason)
+
+    # flow control from the client side
+    def pauseProducing(self) -> None:
+        if self.connection is not None:
+            self.connection.pause()
+
+    def resumeProducing(self) -> None:
+        if self.connection is not None:
+            self.connection.resume()
+
+    def stopProducing(self) -> None:
+        if self.connection is not None:
+            self.connection.abort()
 
     def request_failed(self, failure: Failure) -> None:
         self.pending = None
-        if self.client_gone or _cancelled(failure) or failure.check(CancelledError):
-            self.finish(False, failure)
+        if self.client_gone or failure.check(CancelledError):
+            self.finish(False, "cancelled")
             return
         message = f"error proxying request to {self.resource.model_id}: {describe_failure(failure)}"
         self.resource.log_error(message)
         if not self.resource.headers_sent:
             self.resource.send_error(self.request, 502, message)
-            self.finish(False, failure, already_finished=True)
+            self.finish(False, message, already_finished=True)
         else:
-            self.finish(False, failure)
+            self.finish(False, message)
 
     def client_lost(self, failure: Failure) -> None:
         if self.done:
@@ -441,23 +488,27 @@ class _ProxiedExchange:
         self.client_gone = True
         if self.pending is not None:
             self.pending.cancel()
-        if self.relay_body is not None and self.relay_body.transport is not None:
-            self.relay_body.transport.stopProducing()
+        if self.connection is not None:
+            self.connection.abort()
 
-    def finish(self, complete: bool, reason: Failure | None, already_finished: bool = False) -> None:
+    def finish(self, complete: bool, reason: str, already_finished: bool = False) -> None:
         if self.done:
             return
         self.done = True
         request = self.request
-        if self.relay_body is not None and request.channel is not None:
+        if self.streaming and request.channel is not None:
             request.unregisterProducer()
         if not self.client_gone and not already_finished and not request.finished:
             if complete:
                 request.finish()
             elif self.sse:
                 # Tell a streaming client why its stream stops here.
-                why = describe_failure(reason) if reason is not None else "connection lost"
-                error = {"error": {"message": f"upstream {self.resource.model_id} stopped responding: {why}", "type": "upstream_error"}}
+                error = {
+                    "error": {
+                        "message": f"upstream {self.resource.model_id} stopped responding: {reason}",
+                        "type": "upstream_error",
+                    }
+                }
                 request.write(b"data: " + json.dumps(error).encode() + b"\n\n")
                 request.finish()
             elif request.channel is not None:

@@ -1,0 +1,398 @@
+#!/usr/bin/env python3
+"""
+llamaswap benchmarks: what the proxy adds, measured against the same
+requests sent straight to the upstream, in the same run.
+
+    python benchmarks/run.py            # everything, about two minutes
+    python benchmarks/run.py --quick    # shorter runs, rougher figures
+
+Runs the project's fake upstream and `twistd llamaswap` as real processes on
+127.0.0.1.  With two or more CPUs the proxy is pinned to CPU 0 and the
+upstream and load generator to CPU 1, so "on one core" means one core.
+Throughput uses wrk when it is installed (apt-get install wrk), otherwise
+the project's own load tool.  Prints a table; nothing here is a pass/fail
+test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+
+PYTHON = sys.executable
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+CPUS = os.cpu_count() or 1
+PIN = CPUS >= 2 and shutil.which("taskset") is not None
+WRK = shutil.which("wrk")
+CHAT_BODY = {"messages": [{"role": "user", "content": "Hello"}]}
+
+
+def pinned(cpu: int, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *argv] if PIN else argv
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http(url: str, body: dict | None = None, timeout: float = 60) -> bytes:
+    data = json.dumps(body).encode() if body is not None else None
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout) as answer:
+        return answer.read()
+
+
+def wait_healthy(url: str, timeout: float = 30, interval: float = 0.001) -> float:
+    """
+    Poll url until it answers 200; return the seconds it took.
+    """
+    started = time.perf_counter()
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            pass
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"{url} never became healthy")
+        time.sleep(interval)
+
+
+def fake_upstream(port: int, *flags: str, cpu: int = 1) -> subprocess.Popen:
+    return subprocess.Popen(
+        pinned(cpu, [PYTHON, "-m", "llamaswap.testing.upstream", "--port", str(port), "--silent", *flags]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def fake_cmd(*flags: str) -> str:
+    # model servers started by the proxy run on the upstream's CPU
+    command = pinned(1, [PYTHON, "-m", "llamaswap.testing.upstream", "--port", "${PORT}", "--silent", *flags])
+    return " ".join(command)
+
+
+class Proxy:
+    def __init__(self, config: str, folder: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        path = os.path.join(folder, f"config-{self.port}.yaml")
+        with open(path, "w") as handle:
+            handle.write(textwrap.dedent(config))
+        self.process = subprocess.Popen(
+            pinned(0, [TWISTD, "-n", "--pidfile=", "llamaswap", "-c", path, "--listen", f"127.0.0.1:{self.port}"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_healthy(self.url + "/health", interval=0.02)
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.process.pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.process.pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+# ---------------------------------------------------------------- load generators
+
+
+def wrk(url: str, connections: int, seconds: float, latency: bool = False) -> dict:
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    body = json.dumps({"model": "m", **CHAT_BODY})
+    script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n')
+    script.close()
+    argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name]
+    if latency:
+        argv.append("--latency")
+    output = subprocess.run(pinned(1, argv + [url]), capture_output=True, text=True).stdout
+    os.unlink(script.name)
+
+    def ms(text: str) -> float:
+        value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+        return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    result = {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", output).group(1)),
+        "non_2xx": int((re.search(r"Non-2xx or 3xx responses: (\d+)", output) or [0, 0])[1]),
+        "socket_errors": sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output)),
+    }
+    if latency:
+        result["p50_ms"] = ms(re.search(r"50%\s+(\S+)", output).group(1))
+        result["p99_ms"] = ms(re.search(r"99%\s+(\S+)", output).group(1))
+    return result
+
+
+def load_tool(url: str, requests: int, concurrency: int, stream: bool = False, path: str = "/v1/chat/completions") -> dict:
+    argv = [PYTHON, "-m", "llamaswap.bench", "--url", url, "--model", "m", "-n", str(requests),
+            "-c", str(concurrency), "--json", "--quiet", "--path", path]
+    if stream:
+        argv.append("--stream")
+    output = subprocess.run(pinned(1, argv), capture_output=True, text=True)
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- the benchmarks
+
+
+def row(rows, name, proxied, direct, unit, target="", better="lower"):
+    if isinstance(proxied, (int, float)) and isinstance(direct, (int, float)) and direct:
+        ratio = f"{proxied / direct:.2f}x"
+    else:
+        ratio = "-"
+    rows.append((name, proxied, direct, ratio, unit, target))
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def bench_requests(rows, folder, quick):
+    upstream_port = free_port()
+    upstream = fake_upstream(upstream_port)
+    wait_healthy(f"http://127.0.0.1:{upstream_port}/health")
+    proxy = Proxy(
+        f"""
+        models:
+          m:
+            cmd: sleep 1000000
+            proxy: http://127.0.0.1:{upstream_port}
+            concurrencyLimit: 500
+        """,
+        folder,
+    )
+    direct_url = f"http://127.0.0.1:{upstream_port}"
+    try:
+        http(proxy.url + "/v1/chat/completions", {"model": "m", **CHAT_BODY})
+        seconds = 3 if quick else 6
+        # 1. latency at concurrency 1
+        if WRK:
+            direct = wrk(direct_url + "/v1/chat/completions", 1, seconds, latency=True)
+            proxied = wrk(proxy.url + "/v1/chat/completions", 1, seconds, latency=True)
+            direct_p50, direct_p99 = direct["p50_ms"], direct["p99_ms"]
+            proxied_p50, proxied_p99 = proxied["p50_ms"], proxied["p99_ms"]
+        else:
+            count = 1000 if quick else 3000
+            direct = load_tool(direct_url, count, 1)["latency_ms"]
+            proxied = load_tool(proxy.url, count, 1)["latency_ms"]
+            direct_p50, direct_p99, proxied_p50, proxied_p99 = direct["p50"], direct["p99"], proxied["p50"], proxied["p99"]
+        row(rows, "chat latency p50, c=1", proxied_p50, direct_p50, "ms", f"added {proxied_p50 - direct_p50:.3f} ms (target <= 1)")
+        row(rows, "chat latency p99, c=1", proxied_p99, direct_p99, "ms", f"added {proxied_p99 - direct_p99:.3f} ms")
+        # 2. throughput
+        for connections in (10, 50):
+            if WRK:
+                direct = wrk(direct_url + "/v1/chat/completions", connections, seconds)
+                before = proxy.cpu_seconds()
+                proxied = wrk(proxy.url + "/v1/chat/completions", connections, seconds)
+                cpu_per_request = (proxy.cpu_seconds() - before) / max(1, proxied["requests"]) * 1e6
+                failed = proxied["non_2xx"] + proxied["socket_errors"]
+                row(rows, f"throughput c={connections}", proxied["rps"], direct["rps"], "req/s",
+                    f"{failed} failed; {cpu_per_request:.0f} us CPU/request (target >= 1500 req/s)")
+            else:
+                count = 3000 if quick else 10000
+                direct = load_tool(direct_url, count, connections)
+                proxied = load_tool(proxy.url, count, connections)
+                failed = sum(n for code, n in proxied["statuses"].items() if code != "200") + sum(proxied["errors"].values())
+                row(rows, f"throughput c={connections}", proxied["requests_per_second"], direct["requests_per_second"],
+                    "req/s", f"{failed} failed (load tool, not wrk)")
+        # 3. streaming: 500 chunks, paced 2 ms apart by the upstream
+        path = "/v1/chat/completions?chunks=500&delay=0.002"
+        count = 5 if quick else 12
+        direct = load_tool(direct_url, count, 1, stream=True, path=path)
+        proxied = load_tool(proxy.url, count, 1, stream=True, path=path)
+        row(rows, "stream first chunk p50", proxied["first_byte_ms"]["p50"], direct["first_byte_ms"]["p50"], "ms",
+            f"added {proxied['first_byte_ms']['p50'] - direct['first_byte_ms']['p50']:.3f} ms (target <= 1)")
+        row(rows, "stream chunk gap p50", proxied["chunk_gap_ms"]["p50"], direct["chunk_gap_ms"]["p50"], "ms", "upstream paces 2 ms")
+        row(rows, "stream chunk gap p99", proxied["chunk_gap_ms"]["p99"], direct["chunk_gap_ms"]["p99"], "ms")
+        row(rows, "stream reads per answer", proxied["chunks_per_response"], direct["chunks_per_response"], "reads",
+            "~504 = every chunk delivered on its own")
+    finally:
+        proxy.stop()
+        upstream.terminate()
+        upstream.wait()
+
+
+def bench_cold_start(rows, folder, quick, delay=0.5):
+    # the upstream's own readiness: spawn it, poll /health every millisecond
+    own = []
+    for _ in range(2 if quick else 4):
+        port = free_port()
+        started = time.perf_counter()
+        process = fake_upstream(port, "--startup-delay", str(delay))
+        wait_healthy(f"http://127.0.0.1:{port}/health")
+        own.append(time.perf_counter() - started)
+        process.terminate()
+        process.wait()
+    proxy = Proxy(
+        f"""
+        startPort: {free_port()}
+        models:
+          m:
+            cmd: {fake_cmd("--startup-delay", str(delay))}
+        """,
+        folder,
+    )
+    proxied = []
+    try:
+        for _ in range(2 if quick else 4):
+            started = time.perf_counter()
+            http(proxy.url + "/v1/chat/completions", {"model": "m", **CHAT_BODY})
+            proxied.append(time.perf_counter() - started)
+            http(proxy.url + "/unload")
+    finally:
+        proxy.stop()
+    own_ms = statistics.median(own) * 1000
+    proxied_ms = statistics.median(proxied) * 1000
+    row(rows, f"cold start (ready after {delay:g} s)", proxied_ms, own_ms, "ms",
+        f"added {proxied_ms - own_ms:.0f} ms (target <= 100; the original polls every 5 s)")
+
+
+def bench_swap(rows, folder, quick):
+    # the upstream's own stop + start
+    own = []
+    for _ in range(2 if quick else 4):
+        port = free_port()
+        started = time.perf_counter()
+        process = fake_upstream(port)
+        wait_healthy(f"http://127.0.0.1:{port}/health")
+        process.send_signal(signal.SIGTERM)
+        process.wait()
+        own.append(time.perf_counter() - started)
+    proxy = Proxy(
+        f"""
+        startPort: {free_port()}
+        models:
+          a:
+            cmd: {fake_cmd()}
+          b:
+            cmd: {fake_cmd()}
+        """,
+        folder,
+    )
+    swaps = []
+    try:
+        http(proxy.url + "/v1/chat/completions", {"model": "a", **CHAT_BODY})
+        for index in range(4 if quick else 10):
+            model = "b" if index % 2 == 0 else "a"
+            started = time.perf_counter()
+            http(proxy.url + "/v1/chat/completions", {"model": model, **CHAT_BODY})
+            swaps.append(time.perf_counter() - started)
+    finally:
+        proxy.stop()
+    own_ms = statistics.median(own) * 1000
+    swap_ms = statistics.median(swaps) * 1000
+    row(rows, "swap between two models", swap_ms, own_ms, "ms", f"added {swap_ms - own_ms:.0f} ms over the upstream's own stop+start")
+
+
+def bench_memory(rows, folder, quick):
+    upstream_port = free_port()
+    upstream = fake_upstream(upstream_port)
+    wait_healthy(f"http://127.0.0.1:{upstream_port}/health")
+    proxy = Proxy(
+        f"""
+        models:
+          m:
+            cmd: sleep 1000000
+            proxy: http://127.0.0.1:{upstream_port}
+            concurrencyLimit: 500
+        """,
+        folder,
+    )
+    try:
+        http(proxy.url + "/v1/chat/completions", {"model": "m", **CHAT_BODY})
+        idle = proxy.rss_mb()
+        streams = 100
+        chunks, delay = (600, 0.01) if quick else (1500, 0.01)  # 6 s or 15 s per stream, 1 KB chunks
+        clients = subprocess.Popen(
+            pinned(1, [PYTHON, "-m", "llamaswap.bench", "--url", proxy.url, "--model", "m", "-n", str(streams),
+                       "-c", str(streams), "--stream", "--json", "--quiet",
+                       "--path", f"/v1/chat/completions?chunks={chunks}&delay={delay}&chunk_bytes=1024"]),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        time.sleep(2.0)
+        early = proxy.rss_mb()
+        time.sleep((chunks * delay) * 0.6)
+        late = proxy.rss_mb()
+        output, _ = clients.communicate(timeout=600)
+        result = json.loads(output.strip().splitlines()[-1])
+        ok = result["statuses"].get("200", 0)
+    finally:
+        proxy.stop()
+        upstream.terminate()
+        upstream.wait()
+    rows.append(("RSS idle", f"{idle:.1f}", "-", "-", "MB", ""))
+    rows.append((f"RSS, {streams} streams after 2 s", f"{early:.1f}", "-", "-", "MB",
+                 f"{(early - idle) * 1024 / streams:.0f} KB per stream"))
+    rows.append((f"RSS, {streams} streams {chunks * delay * 0.6 + 2:.0f} s in", f"{late:.1f}", "-", "-", "MB",
+                 f"growth {late - early:+.1f} MB while answers grow ({ok}/{streams} streams ok)"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="llamaswap benchmarks")
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--only", choices=["requests", "cold", "swap", "memory"], help="run one group")
+    options = parser.parse_args()
+    rows: list[tuple] = []
+    with tempfile.TemporaryDirectory() as folder:
+        groups = {
+            "requests": bench_requests,
+            "cold": bench_cold_start,
+            "swap": bench_swap,
+            "memory": bench_memory,
+        }
+        for name, bench in groups.items():
+            if options.only in (None, name):
+                print(f"running {name} ...", file=sys.stderr, flush=True)
+                bench(rows, folder, options.quick)
+    print()
+    print(f"machine: {platform.machine()}, {CPUS} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
+          f"{'proxy pinned to CPU 0' if PIN else 'no CPU pinning'}, load: {'wrk' if WRK else 'llamaswap.bench'}")
+    header = ("benchmark", "proxied", "direct", "ratio", "unit", "notes")
+    widths = [max(len(fmt(r[i])) for r in [header, *rows]) for i in range(6)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(fmt(value).ljust(w) for value, w in zip(r, widths)))
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
