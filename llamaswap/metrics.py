@@ -13,6 +13,7 @@ JSON answer is kept up to L{MAX_JSON_BODY} bytes.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import deque
 from datetime import datetime
@@ -135,34 +136,46 @@ class MetricsStore:
 class SSEUsageScanner:
     """
     Finds the last SSE C{data:} event carrying usage or timings while the
-    stream passes, holding only the current line.
+    stream passes, holding only the current line, and counts the events
+    that carry generated text (for servers whose streams have no usage).
     """
 
     KEYS = (b'"usage"', b'"timings"')
+    # "content": "<something>" or "text": "<something>" -- not an empty string,
+    # and not "reasoning_content", whose quote comes before "reasoning".
+    GENERATED = re.compile(rb'"(?:content|text)"\s*:\s*"(?!")')
 
     def __init__(self) -> None:
         self._partial = b""
         self._skipping = False
         self.last: dict | None = None
+        self.generated_events = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int:
+        """
+        Scan more of the stream; returns how many events with generated
+        text it completed.
+        """
         if self._partial:
             data = self._partial + data
             self._partial = b""
         if self._skipping:
             cut = data.find(b"\n")
             if cut < 0:
-                return
+                return 0
             self._skipping = False
             data = data[cut + 1 :]
-        if not any(key in data for key in self.KEYS):
-            tail = data[data.rfind(b"\n") + 1 :]
-            self._keep(tail)
-            return
-        lines = data.split(b"\n")
-        self._keep(lines.pop())
-        for line in lines:
-            self._line(line)
+        cut = data.rfind(b"\n") + 1
+        complete = data[:cut]
+        self._keep(data[cut:])
+        if not complete:
+            return 0
+        found = len(self.GENERATED.findall(complete))
+        self.generated_events += found
+        if any(key in complete for key in self.KEYS):
+            for line in complete.split(b"\n"):
+                self._line(line)
+        return found
 
     def _keep(self, tail: bytes) -> None:
         if len(tail) > MAX_SSE_LINE:
@@ -188,6 +201,7 @@ class SSEUsageScanner:
 
     def close(self) -> None:
         if self._partial and not self._skipping:
+            self.generated_events += len(self.GENERATED.findall(self._partial))
             self._line(self._partial)
         self._partial = b""
 
@@ -216,6 +230,8 @@ class MetricsObserver:
         self._scanner: SSEUsageScanner | None = None
         self._body: list[bytes] | None = None
         self._size = 0
+        self._first_generated: float | None = None
+        self._last_generated: float | None = None
 
     def response_started(self, code: int, headers: Headers) -> None:
         self._ok = code == 200
@@ -234,7 +250,11 @@ class MetricsObserver:
         if not self._ok:
             return
         if self._scanner is not None:
-            self._scanner.feed(data)
+            if self._scanner.feed(data):
+                now = self._clock()
+                if self._first_generated is None:
+                    self._first_generated = now
+                self._last_generated = now
         elif self._body is not None:
             self._size += len(data)
             if self._size > MAX_JSON_BODY:
@@ -242,10 +262,31 @@ class MetricsObserver:
             else:
                 self._body.append(data)
 
+    def _derived(self, duration_ms: int) -> TokenMetrics:
+        """
+        Metrics for a stream without usage (llama-cpp-python's server, for
+        one): each event with generated text is one generated token, and
+        the speed is measured between the first and the last of them; the
+        prompt side is unknown (-1).
+        """
+        generated = self._scanner.generated_events
+        span = (self._last_generated or 0) - (self._first_generated or 0)
+        return TokenMetrics(
+            id=-1,
+            timestamp=rfc3339_now(),
+            model=self._model,
+            cache_tokens=-1,
+            input_tokens=-1,
+            output_tokens=generated,
+            prompt_per_second=-1.0,
+            tokens_per_second=round((generated - 1) / span, 2) if generated > 1 and span > 0 else -1.0,
+            duration_ms=duration_ms,
+        )
+
     def response_ended(self, complete: bool) -> None:
         if not (self._ok and complete):
             return
-        duration_ms = int((self._clock() - self._started) * 1000)
+        duration_ms = round((self._clock() - self._started) * 1000)
         document: Any = None
         if self._scanner is not None:
             self._scanner.close()
@@ -256,6 +297,8 @@ class MetricsObserver:
             except ValueError:
                 document = None
         metrics = metrics_from(document, self._model, duration_ms, rfc3339_now())
+        if metrics is None and self._scanner is not None and self._scanner.generated_events:
+            metrics = self._derived(duration_ms)
         if metrics is None:
             if self._warn is not None:
                 self._warn(f"metrics skipped for {self._model}: no usage or timings in the response {self._path}")

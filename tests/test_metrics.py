@@ -124,6 +124,26 @@ def test_observer_plain_json():
     assert (metrics.input_tokens, metrics.output_tokens, metrics.duration_ms) == (7, 3, 250)
 
 
+def test_stream_without_usage_derives_what_it_can():
+    clock = Clock()
+    store = MetricsStore(None)
+    observer = MetricsObserver(store, "m", clock)
+    observer.response_started(200, Headers({b"content-type": [b"text/event-stream"]}))
+    observer.data_received(b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\n')
+    for index in range(5):
+        clock.now += 0.1
+        observer.data_received(f'data: {{"choices":[{{"delta":{{"content":"tok{index}"}}}}]}}\n\n'.encode())
+    observer.data_received(b'data: {"choices":[{"delta":{"reasoning_content":"hmm"}}]}\n\n')
+    observer.data_received(b'data: {"choices":[{"delta":{"content":""},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    clock.now += 0.05
+    observer.response_ended(True)
+    [metrics] = store.all()
+    assert metrics.output_tokens == 5
+    assert (metrics.input_tokens, metrics.cache_tokens, metrics.prompt_per_second) == (-1, -1, -1)
+    assert metrics.tokens_per_second == 10.0  # 4 gaps over 0.4 s
+    assert metrics.duration_ms == 550
+
+
 def test_observer_skips_failures_and_garbage():
     assert observe(b"application/json", [b'{"usage": {"prompt_tokens": 7}}'], code=500) == []
     assert observe(b"application/json", [b"not json"]) == []
@@ -149,10 +169,16 @@ def test_metrics_of_proxied_responses(llamaswap):
     stream = yield server.post("/v1/chat/completions?no_timings=1&chunks=4", json={"model": "m", "stream": True})
     yield stream.content()
     yield server.post("/v1/chat/completions?no_timings=1&no_usage=1", json={"model": "m"})  # nothing to record
+    stream = yield server.post(
+        "/v1/chat/completions?no_timings=1&no_usage=1&chunks=6&delay=0.02", json={"model": "m", "stream": True}
+    )
+    yield stream.content()
     yield server.post("/v1/embeddings", json={"model": "m", "input": ["abcdefgh"]})
     metrics = yield json_of((yield server.get("/api/metrics")))
-    assert [item["id"] for item in metrics] == [0, 1, 2, 3, 4]
-    plain_timed, plain, streamed_timed, streamed, embeddings = metrics
+    assert [item["id"] for item in metrics] == [0, 1, 2, 3, 4, 5]
+    plain_timed, plain, streamed_timed, streamed, derived, embeddings = metrics
+    assert derived["output_tokens"] == 6 and derived["input_tokens"] == -1
+    assert 20 < derived["tokens_per_second"] < 60  # chunks 20 ms apart
     assert plain_timed["cache_tokens"] == 3 and plain_timed["tokens_per_second"] == 250.0
     assert plain_timed["duration_ms"] == 52  # from timings: 12.5 + 40
     assert plain["cache_tokens"] == -1 and plain["tokens_per_second"] == -1 and plain["output_tokens"] == 10
