@@ -1,0 +1,163 @@
+"""
+End to end with a real inference server: llama.cpp's Python server and a
+real GGUF model, through `twistd llamaswap`, with the official openai SDK as
+the client.  Uses examples/real-llm/config.yaml itself.
+
+Prepare the environment with scripts/prepare-real-llm.sh; without it these
+tests are skipped.  Run them alone with `pytest -m real_llm`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from .conftest import free_port, free_port_range
+from .test_twistd import TWISTD, wait_for_health
+
+pytestmark = pytest.mark.real_llm
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "real-llm" / "config.yaml"
+GGUF = pathlib.Path(os.environ.get("LLAMASWAP_GGUF", ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+try:
+    import llama_cpp  # noqa: F401
+except ImportError:
+    pytest.skip("llama-cpp-python is not installed: run scripts/prepare-real-llm.sh", allow_module_level=True)
+if not GGUF.is_file():
+    pytest.skip(f"no model at {GGUF}: run scripts/prepare-real-llm.sh", allow_module_level=True)
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    text = EXAMPLE.read_text()
+    text = text.replace("  python: .venv/bin/python", f"  python: {json.dumps(sys.executable)}")
+    text = text.replace("  gguf: .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf", f"  gguf: {json.dumps(str(GGUF))}")
+    assert str(GGUF) in text and sys.executable in text, "the example's macros changed"
+    config = tmp_path_factory.mktemp("real-llm") / "config.yaml"
+    config.write_text(f"startPort: {free_port_range(4)}\n" + text)
+    port = free_port()
+    log = open(config.parent / "twistd.log", "w")
+    process = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "llamaswap", "-c", str(config), "--listen", f"127.0.0.1:{port}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_health(port, process)
+    yield f"http://127.0.0.1:{port}"
+    process.send_signal(signal.SIGTERM)
+    process.wait(30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def running(server) -> list[str]:
+    with urllib.request.urlopen(server + "/running", timeout=10) as answer:
+        return [entry["model"] for entry in json.loads(answer.read())["running"]]
+
+
+def metrics(server) -> list[dict]:
+    with urllib.request.urlopen(server + "/api/metrics", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_chat_and_swap_between_the_two_entries(server, client):
+    answer = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Say hello in one short sentence."}], max_tokens=24
+    )
+    text = answer.choices[0].message.content
+    assert isinstance(text, str) and text.strip()
+    assert answer.usage.completion_tokens > 0
+    assert running(server) == ["smollm2"]
+    embeddings = client.embeddings.create(model="smollm2-embed", input="hello world", encoding_format="float")
+    vector = embeddings.data[0].embedding
+    # this server returns one vector per token: a list of lists of floats
+    flat = vector[0] if vector and isinstance(vector[0], list) else vector
+    assert len(flat) > 100 and all(isinstance(value, float) for value in flat[:10])
+    assert running(server) == ["smollm2-embed"]
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=8
+    )
+    assert answer.choices[0].message.content.strip()
+    assert running(server) == ["smollm2"]
+
+
+def test_streamed_chat_arrives_incrementally(server, client):
+    before = len(metrics(server))
+    arrivals = []
+    pieces = []
+    stream = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Count from one to twenty in words."}],
+        max_tokens=48,
+        stream=True,
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter())
+            pieces.append(chunk.choices[0].delta.content)
+    text = "".join(pieces)
+    assert len(pieces) >= 10 and text.strip()
+    # real generation at tens of tokens per second: the chunks are spread out,
+    # each relayed when the model produced it, not in one burst at the end
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    assert arrivals[-1] - arrivals[0] > 0.1
+    assert sorted(gaps)[len(gaps) // 2] > 0.003
+    recorded = metrics(server)[before:]
+    assert len(recorded) == 1
+    streamed = recorded[0]
+    # no usage in this server's streams: generated tokens are counted from the
+    # content chunks, the prompt side is unknown
+    assert streamed["model"] == "smollm2"
+    assert streamed["output_tokens"] == len(pieces)
+    assert streamed["input_tokens"] == -1 and streamed["prompt_per_second"] == -1
+    assert streamed["tokens_per_second"] > 1
+    assert streamed["duration_ms"] > 0
+
+
+def test_non_streamed_metrics_come_from_usage(server, client):
+    before = len(metrics(server))
+    answer = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Say yes."}], max_tokens=6
+    )
+    recorded = metrics(server)[before:]
+    assert len(recorded) == 1
+    assert recorded[0]["input_tokens"] == answer.usage.prompt_tokens
+    assert recorded[0]["output_tokens"] == answer.usage.completion_tokens
+    assert recorded[0]["cache_tokens"] == -1 and recorded[0]["tokens_per_second"] == -1
+
+
+def test_upstream_log_stream_shows_the_server_output(server, client):
+    collected = []
+
+    def tail():
+        with urllib.request.urlopen(server + "/logs/stream/upstream?no-history", timeout=60) as stream:
+            while len(b"".join(collected)) < 200:
+                piece = stream.read1(4096)
+                if not piece:
+                    return
+                collected.append(piece)
+
+    reader = threading.Thread(target=tail, daemon=True)
+    reader.start()
+    time.sleep(0.3)
+    urllib.request.urlopen(server + "/unload", timeout=30).read()
+    client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    reader.join(30)
+    text = b"".join(collected).decode("utf-8", "replace")
+    assert "llama" in text.lower() or "uvicorn" in text.lower(), text[:500]
