@@ -16,7 +16,7 @@ import json
 import re
 import time
 from collections import deque
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from attrs import asdict, evolve, frozen
@@ -45,8 +45,32 @@ class TokenMetrics:
 
 
 def rfc3339_now(clock: Callable[[], float] = time.time) -> str:
-    text = datetime.fromtimestamp(clock()).astimezone().isoformat(timespec="microseconds")
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    return datetime.fromtimestamp(clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_KEY = re.compile(rb'"(usage|timings)"\s*:\s*')
+_DECODER = json.JSONDecoder()
+
+
+def usage_of(body: bytes) -> dict | None:
+    """
+    The C{usage} and C{timings} of a JSON response, found without parsing
+    the rest of it (a long answer or a big embedding): C{None} when it has
+    neither or is not JSON.
+    """
+    found: dict = {}
+    for match in _KEY.finditer(body):
+        try:
+            value, _ = _DECODER.raw_decode(body[match.end() : match.end() + 65536].decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        found[match.group(1).decode()] = value  # the last occurrence wins
+    if not found:
+        return None
+    stripped = body.strip()
+    if not (stripped.startswith(b"{") and stripped.endswith(b"}")):
+        return None
+    return found
 
 
 def _number(value: Any, default: float = 0) -> float:
@@ -292,10 +316,7 @@ class MetricsObserver:
             self._scanner.close()
             document = self._scanner.last
         elif self._body:
-            try:
-                document = json.loads(b"".join(self._body))
-            except ValueError:
-                document = None
+            document = usage_of(b"".join(self._body))
         metrics = metrics_from(document, self._model, duration_ms, rfc3339_now())
         if metrics is None and self._scanner is not None and self._scanner.generated_events:
             metrics = self._derived(duration_ms)

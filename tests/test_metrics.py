@@ -236,3 +236,15 @@ def test_constant_memory_while_streaming_a_50mb_sse_response(llamaswap):
     assert peak[0] - before < 30 * 1024 * 1024, f"grew by {(peak[0] - before) >> 20} MB"
     metrics = server.service.metrics.all()[-1]
     assert metrics.output_tokens == 800
+
+
+def test_usage_is_found_without_parsing_the_whole_answer():
+    from llamaswap.metrics import usage_of
+
+    body = (
+        b'{"choices":[{"message":{"content":"the \\"usage\\": {} key is not real"}}],'
+        b' "usage" : {"prompt_tokens": 3, "completion_tokens": 4}, "timings": {"predicted_n": 4}}'
+    )
+    assert usage_of(body) == {"usage": {"prompt_tokens": 3, "completion_tokens": 4}, "timings": {"predicted_n": 4}}
+    assert usage_of(b'{"choices": []}') is None
+    assert usage_of(b'not json "usage": {"prompt_tokens": 1}') is None

@@ -35,53 +35,66 @@ import time
 from typing import Any, Iterator
 
 from twisted.internet import reactor
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IPushProducer
 from twisted.web import resource, server
 from zope.interface import implementer
 
 from llamaswap.multipart import InvalidForm, boundary_of, form_value, parse_fields
 
 
-@implementer(IPullProducer)
+@implementer(IPushProducer)
 class _GeneratorProducer:
     """
     Writes pieces from a generator as fast as the client reads them; a
     piece may also be a number of seconds to pause.
+
+    A push producer: it writes until the transport pauses it, and pauses
+    itself for the delays.  (A pull producer would be driven by Twisted's
+    cooperator, which batches work into 10 ms slices and so delays every
+    chunk.)
     """
 
     def __init__(self, request: server.Request, pieces: Iterator[bytes | float], say=None):
         self.request = request
         self.pieces = pieces
         self.sleeping = None
+        self.paused = False
         self.done = False
         self.complete = False
         self._say = say
-        request.registerProducer(self, False)
+        request.registerProducer(self, True)
         request.notifyFinish().addErrback(self._client_gone)
+        self._run()
 
     def _client_gone(self, _) -> None:
         if not self.complete and self._say is not None:
             self._say(f"client disconnected from {self.request.path.decode('latin-1')}")
         self.stopProducing()
 
-    def resumeProducing(self) -> None:
-        if self.done or self.sleeping is not None:
-            return
-        try:
-            piece = next(self.pieces)
-        except StopIteration:
-            self.done = self.complete = True
-            self.request.unregisterProducer()
-            self.request.finish()
-            return
-        if isinstance(piece, (int, float)):
-            self.sleeping = reactor.callLater(piece, self._wake)
-            return
-        self.request.write(piece)
+    def _run(self) -> None:
+        while not (self.done or self.paused or self.sleeping is not None):
+            try:
+                piece = next(self.pieces)
+            except StopIteration:
+                self.done = self.complete = True
+                self.request.unregisterProducer()
+                self.request.finish()
+                return
+            if isinstance(piece, (int, float)):
+                self.sleeping = reactor.callLater(piece, self._wake)
+                return
+            self.request.write(piece)
 
     def _wake(self) -> None:
         self.sleeping = None
-        self.resumeProducing()
+        self._run()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._run()
 
     def stopProducing(self) -> None:
         self.done = True
