@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import contextmanager
 import os
 import platform
 import re
@@ -174,23 +175,37 @@ def fmt(value) -> str:
     return str(value)
 
 
-def bench_requests(rows, folder, quick):
+@contextmanager
+def fake_behind_proxy(folder):
+    """
+    A fake upstream started by hand and a proxy in front of it (its model's
+    cmd only sleeps): yields (proxy, the upstream's URL).
+    """
     upstream_port = free_port()
     upstream = fake_upstream(upstream_port)
-    wait_healthy(f"http://127.0.0.1:{upstream_port}/health")
+    direct_url = f"http://127.0.0.1:{upstream_port}"
+    wait_healthy(direct_url + "/health")
     proxy = Proxy(
         f"""
         models:
           m:
             cmd: sleep 1000000
-            proxy: http://127.0.0.1:{upstream_port}
+            proxy: {direct_url}
             concurrencyLimit: 500
         """,
         folder,
     )
-    direct_url = f"http://127.0.0.1:{upstream_port}"
     try:
         http(proxy.url + "/v1/chat/completions", {"model": "m", **CHAT_BODY})
+        yield proxy, direct_url
+    finally:
+        proxy.stop()
+        upstream.terminate()
+        upstream.wait()
+
+
+def bench_requests(rows, folder, quick):
+    with fake_behind_proxy(folder) as (proxy, direct_url):
         seconds = 3 if quick else 6
         # 1. latency at concurrency 1
         if WRK:
@@ -239,10 +254,6 @@ def bench_requests(rows, folder, quick):
         row(rows, "stream chunk gap p99", proxied["chunk_gap_ms"]["p99"], direct["chunk_gap_ms"]["p99"], "ms")
         row(rows, "stream reads per answer", proxied["chunks_per_response"], direct["chunks_per_response"], "reads",
             "~504 = every chunk delivered on its own")
-    finally:
-        proxy.stop()
-        upstream.terminate()
-        upstream.wait()
 
 
 def bench_cold_start(rows, folder, quick, delay=0.5):
@@ -318,21 +329,7 @@ def bench_swap(rows, folder, quick):
 
 
 def bench_memory(rows, folder, quick):
-    upstream_port = free_port()
-    upstream = fake_upstream(upstream_port)
-    wait_healthy(f"http://127.0.0.1:{upstream_port}/health")
-    proxy = Proxy(
-        f"""
-        models:
-          m:
-            cmd: sleep 1000000
-            proxy: http://127.0.0.1:{upstream_port}
-            concurrencyLimit: 500
-        """,
-        folder,
-    )
-    try:
-        http(proxy.url + "/v1/chat/completions", {"model": "m", **CHAT_BODY})
+    with fake_behind_proxy(folder) as (proxy, _):
         idle = proxy.rss_mb()
         streams = 100
         chunks, delay = (600, 0.01) if quick else (1500, 0.01)  # 6 s or 15 s per stream, 1 KB chunks
@@ -349,10 +346,6 @@ def bench_memory(rows, folder, quick):
         output, _ = clients.communicate(timeout=600)
         result = json.loads(output.strip().splitlines()[-1])
         ok = result["statuses"].get("200", 0)
-    finally:
-        proxy.stop()
-        upstream.terminate()
-        upstream.wait()
     rows.append(("RSS idle", f"{idle:.1f}", "-", "-", "MB", ""))
     rows.append((f"RSS, {streams} streams after 2 s", f"{early:.1f}", "-", "-", "MB",
                  f"{(early - idle) * 1024 / streams:.0f} KB per stream"))

@@ -640,7 +640,7 @@ def _build_model(
             f"model {model_id}: invalid proxy URL '{proxy}': expected http://host:port or https://host:port"
         )
     try:
-        parts.port
+        parts.port  # noqa: B018 - parsing the port validates it
     except ValueError as error:
         raise ConfigError(f"model {model_id}: invalid proxy URL '{proxy}': {error}") from None
 

@@ -234,24 +234,24 @@ class Routes:
     @app.route("/v1/models", methods=["GET"])
     def list_models(self, request):
         created = int(time.time())
+
+        def record(name, model):
+            entry = {"id": name, "object": "model", "created": created, "owned_by": "llama-swap"}
+            if model.name.strip():
+                entry["name"] = model.name.strip()
+            if model.description.strip():
+                entry["description"] = model.description.strip()
+            if model.metadata:
+                entry["meta"] = {"llamaswap": model.metadata}
+            return entry
+
         data = []
         for model_id, model in self.config.models.items():
             if model.unlisted:
                 continue
-
-            def record(name):
-                entry = {"id": name, "object": "model", "created": created, "owned_by": "llama-swap"}
-                if model.name.strip():
-                    entry["name"] = model.name.strip()
-                if model.description.strip():
-                    entry["description"] = model.description.strip()
-                if model.metadata:
-                    entry["meta"] = {"llamaswap": model.metadata}
-                return entry
-
-            data.append(record(model_id))
+            data.append(record(model_id, model))
             if self.config.include_aliases_in_list:
-                data.extend(record(alias) for alias in model.aliases if alias.strip())
+                data.extend(record(alias, model) for alias in model.aliases if alias.strip())
         data.sort(key=lambda entry: entry["id"])
         origin = request.getHeader(b"origin")
         if origin:

@@ -19,6 +19,7 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Protocol
 
 from llamaswap.config import parse_config
 from llamaswap.events import ProcessStateChanged
@@ -140,6 +141,38 @@ def llamaswap():
     for service in reversed(started):
         if service.running:
             pytest_twisted.blockon(service.stopService())
+
+
+class Body(Protocol):
+    """
+    Collects a response body with the time each piece arrived; C{done}
+    fires when it ends and C{reason} says how.
+    """
+
+    def __init__(self):
+        self.pieces: list[tuple[float, bytes]] = []
+        self.done: Deferred = Deferred()
+        self.reason = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.pieces.append((reactor.seconds(), data))
+
+    def connectionLost(self, reason) -> None:
+        self.reason = reason
+        self.done.callback(None)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(piece for _, piece in self.pieces)
+
+
+def read_body(response) -> Deferred:
+    """
+    The whole body of an Agent response.
+    """
+    body = Body()
+    response.deliverBody(body)
+    return body.done.addCallback(lambda _: body.data)
 
 
 @inlineCallbacks

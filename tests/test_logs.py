@@ -10,14 +10,13 @@ import time
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import inlineCallbacks
 from twisted.web.client import Agent
 
 from llamaswap.events import EventBus, LogData
 from llamaswap.logs import History, LogMonitor, Logs, ProxyLog, format_timestamp
 
-from .conftest import fake, sleep
+from .conftest import Body, fake, sleep
 
 
 def test_history_keeps_the_last_bytes():
@@ -123,22 +122,10 @@ def test_unknown_time_format():
 # ---------------------------------------------------------------- routes
 
 
-class Collector(Protocol):
-    def __init__(self):
-        self.data = b""
-        self.done = Deferred()
-
-    def dataReceived(self, data):
-        self.data += data
-
-    def connectionLost(self, reason):
-        self.done.callback(None)
-
-
 @inlineCallbacks
 def open_stream(server, path):
     response = yield Agent(reactor).request(b"GET", (server.url + path).encode())
-    collector = Collector()
+    collector = Body()
     response.deliverBody(collector)
     return response, collector
 

@@ -16,14 +16,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.http_headers import Headers
 
 from llamaswap.web import LlamaswapRequest
 
-from .conftest import fake, json_of, sleep
+from .conftest import Body, fake, json_of, read_body, sleep
 
 CONFIG = f"""
 logLevel: debug
@@ -46,28 +45,6 @@ groups:
 """
 
 
-class Recorder(Protocol):
-    """
-    Collects a response body with the time each piece arrived.
-    """
-
-    def __init__(self, clock=reactor):
-        self.clock = clock
-        self.pieces: list[tuple[float, bytes]] = []
-        self.done: Deferred = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.pieces.append((self.clock.seconds(), data))
-
-    def connectionLost(self, reason) -> None:
-        self.reason = reason
-        self.done.callback(reason.value)
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(piece for _, piece in self.pieces)
-
-
 def request(server, method: bytes, path: str, body: bytes | None = None) -> Deferred:
     from twisted.web.client import FileBodyProducer
 
@@ -81,7 +58,7 @@ def test_chunks_arrive_one_by_one(llamaswap):
     server = llamaswap(CONFIG)
     body = json.dumps({"model": "m", "stream": True}).encode()
     response = yield request(server, b"POST", "/v1/chat/completions?chunks=6&delay=0.15", body)
-    recorder = Recorder()
+    recorder = Body()
     response.deliverBody(recorder)
     yield recorder.done
     assert recorder.reason.check(ResponseDone)
@@ -132,7 +109,7 @@ def test_client_disconnect_cancels_the_upstream_request(llamaswap):
     yield server.chat("m")
     body = json.dumps({"model": "m", "stream": True}).encode()
     response = yield request(server, b"POST", "/v1/chat/completions?chunks=50&delay=0.1", body)
-    recorder = Recorder()
+    recorder = Body()
     response.deliverBody(recorder)
     yield sleep(0.35)
     assert server.process("m").inflight == 1
@@ -150,11 +127,11 @@ def test_upstream_crash_mid_sse_stream_ends_it_with_an_error_event(llamaswap):
     server = llamaswap(CONFIG)
     body = json.dumps({"model": "m", "stream": True}).encode()
     response = yield request(server, b"POST", "/v1/chat/completions?chunks=20&delay=0.05&die_after=3", body)
-    recorder = Recorder()
+    recorder = Body()
     response.deliverBody(recorder)
     yield recorder.done
     assert recorder.reason.check(ResponseDone)  # a clean end for the client
-    events = [line[6:] for line in recorder.body.decode().split("\n") if line.startswith("data: ")]
+    events = [line[6:] for line in recorder.data.decode().split("\n") if line.startswith("data: ")]
     assert len(events) == 4
     assert "stopped responding" in json.loads(events[-1])["error"]["message"]
     yield server.wait_for_state("m", "stopped")
@@ -166,11 +143,11 @@ def test_upstream_crash_mid_plain_response_cuts_the_connection(llamaswap):
     server = llamaswap(CONFIG)
     yield server.chat("m")
     response = yield request(server, b"GET", "/upstream/m/big?total=10000000&chunk=65536&die_at=1000000&length=1")
-    recorder = Recorder()
+    recorder = Body()
     response.deliverBody(recorder)
     yield recorder.done
     assert not recorder.reason.check(ResponseDone)  # the client knows the body is incomplete
-    assert len(recorder.body) < 10000000
+    assert len(recorder.data) < 10000000
     assert (yield server.get("/health")).code == 200
 
 
@@ -295,19 +272,13 @@ def test_fifty_megabyte_chat_request(llamaswap):
     ).encode()
     assert len(body) > 50 * 1024 * 1024
     response = yield request(server, b"POST", "/upstream/m/echo", body)
-    echoed = json.loads((yield Recorder_body(response)))
+    echoed = json.loads((yield read_body(response)))
     assert echoed["body_length"] == len(body)
     response = yield request(server, b"POST", "/v1/chat/completions", body)
     assert response.code == 200
-    answer = json.loads((yield Recorder_body(response)))
+    answer = json.loads((yield read_body(response)))
     assert answer["responseMessage"] == "m"
     assert answer["h_content_length"] == str(len(body))
-
-
-def Recorder_body(response) -> Deferred:
-    recorder = Recorder()
-    response.deliverBody(recorder)
-    return recorder.done.addCallback(lambda _: recorder.body)
 
 
 @pytest_twisted.inlineCallbacks

@@ -13,8 +13,7 @@ import textwrap
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
@@ -24,7 +23,7 @@ from llamaswap.events import ConfigFileChanged
 from llamaswap.service import LlamaswapService
 from llamaswap.watcher import ConfigWatcher
 
-from .conftest import Running, fake, free_port_range, json_of, sleep
+from .conftest import Body, Running, fake, free_port_range, json_of, sleep
 
 
 def test_polling_watcher_debounces_bursts(tmp_path):
@@ -117,19 +116,6 @@ def config_text(ports: int, **models: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Stream(Protocol):
-    def __init__(self):
-        self.data = b""
-        self.done = Deferred()
-
-    def dataReceived(self, data):
-        self.data += data
-
-    def connectionLost(self, reason):
-        self.reason = reason
-        self.done.callback(None)
-
-
 @pytest.fixture
 def watched(tmp_path):
     services = []
@@ -179,7 +165,7 @@ def test_reload_keeps_unchanged_models_and_their_streams(watched):
         Headers({}),
         FileBodyProducer(io.BytesIO(body)),
     )
-    stream = Stream()
+    stream = Body()
     response.deliverBody(stream)
 
     # 1. add a model and change another
