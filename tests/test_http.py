@@ -417,3 +417,17 @@ def test_parallel_requests_to_three_models_of_a_swap_group(llamaswap):
     )
     bodies = yield gatherResults([json_of(response) for response in responses])
     assert [body["responseMessage"] for body in bodies] == ["m1", "m2", "m3"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_favicon_and_wol_health(llamaswap):
+    server = llamaswap(BASIC)
+    response = yield server.get("/favicon.ico")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type") == ["image/x-icon"]
+    assert (yield response.content()).startswith(b"\x00\x00\x01\x00")  # an ICO file
+    response = yield server.get("/wol-health")
+    assert (yield response.text()) == "OK"
+    history = server.service.logs.proxy_monitor.history().decode()
+    assert "GET /favicon.ico" in history
+    assert "GET /wol-health" not in history  # the wake-on-LAN proxy's checks are not logged
