@@ -16,7 +16,7 @@ from llamaswap.config import Config, changed_models
 from llamaswap.events import EventBus, ModelPreloaded
 from llamaswap.groups import Lease, Scheduler
 from llamaswap.logs import Logs
-from llamaswap.process import READY, ModelProcess, StartFailed
+from llamaswap.process import READY, ModelProcess
 from llamaswap.readiness import Probe, http_probe
 
 
@@ -176,5 +176,3 @@ class ModelManager(Service):
             )
         return result
 
-
-__all__ = ["ModelManager", "StartFailed"]

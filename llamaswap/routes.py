@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath, InsecurePath
 from twisted.web.server import Request
@@ -96,12 +96,12 @@ class Routes:
     def log(self):
         return self.service.logs.proxy
 
-    def _proxy_to(self, request, model_id, lease, body, headers_sent=False, observe=True, path=None):
+    def _proxy_to(self, request, model_id, lease, body, headers_sent=False, path=None):
         model = self.config.models[model_id]
         target = path if path is not None else request.uri
         url = (model.proxy.rstrip("/") + target.decode("latin-1")).encode("latin-1")
         observer = None
-        if observe and request.method == b"POST":
+        if request.method == b"POST":
             observer = MetricsObserver(
                 self.service.metrics,
                 model_id,
@@ -137,6 +137,9 @@ class Routes:
             loading = LoadingStream(request, model_id, self.service.clock)
 
         def ready(lease):
+            if request._disconnected:
+                lease.release()  # the client left just as its turn came
+                return None
             if loading is not None:
                 loading.done()
             return self._proxy_to(request, model_id, lease, body, headers_sent=loading is not None, path=path)
@@ -434,5 +437,3 @@ class Routes:
         request.setHeader(b"content-type", content_type)
         return json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
-
-__all__ = ["Routes", "Deferred"]

@@ -347,3 +347,19 @@ def test_openai_sdk_completions_embeddings_and_transcription(llamaswap, openai_c
     assert speech.content.startswith(b"RIFF")
     models = yield deferToThread(client.models.list)
     assert [model.id for model in models.data] == ["doomed", "m", "slowstart"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_leaving_while_its_model_starts_leaves_no_lease_behind(llamaswap):
+    server = llamaswap(CONFIG)
+    body = json.dumps({"model": "slowstart"}).encode()
+    waiting = request(server, b"POST", "/v1/chat/completions", body)
+    yield sleep(0.3)
+    assert server.process("slowstart").state == "starting"
+    waiting.cancel()  # the client gives up while the model loads
+    waiting.addErrback(lambda failure: None)
+    yield server.wait_for_state("slowstart", "ready", timeout=10)
+    yield sleep(0.1)
+    assert server.process("slowstart").inflight == 0
+    assert server.service.manager.scheduler.waiting == 0
+    assert (yield server.chat("slowstart")).code == 200
