@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import contextmanager
 import os
 import platform
 import re
@@ -32,6 +31,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from contextlib import contextmanager
 
 PYTHON = sys.executable
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")

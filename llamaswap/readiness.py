@@ -116,7 +116,7 @@ def http_probe(reactor, agent=None) -> Probe:
     """
     from twisted.internet.protocol import Protocol
 
-    from llamaswap.proxy import quiet_pool, upstream_agent
+    from llamaswap.upstream import quiet_pool, upstream_agent
 
     if agent is None:
         agent = upstream_agent(reactor, quiet_pool(reactor, persistent=False), PROBE_CONNECT_TIMEOUT)

@@ -27,11 +27,18 @@ from llamaswap.groups import ShuttingDown, TooManyRequests
 from llamaswap.jsonbody import InvalidBody, parse_request_body
 from llamaswap.loading import LoadingStream
 from llamaswap.metrics import MetricsObserver
-from llamaswap.multipart import InvalidForm, boundary_of, form_value, parse_fields, replace_value
+from llamaswap.multipart import (
+    InvalidForm,
+    boundary_of,
+    form_value,
+    parse_fields,
+    replace_value,
+)
 from llamaswap.process import ProcessShutdown, StartFailed
 from llamaswap.protocols.sse import sse_message
 from llamaswap.protocols.streaming import BoundedStream
-from llamaswap.proxy import ReverseProxyResource, spooled_body
+from llamaswap.proxy import ReverseProxyResource
+from llamaswap.upstream import spooled_body
 from llamaswap.web import error_response, send_error
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from llamaswap.listen import display_url
 from llamaswap.logs import Logs
 from llamaswap.manager import ModelManager
 from llamaswap.metrics import MetricsStore
-from llamaswap.proxy import UpstreamClient
 from llamaswap.routes import Routes
+from llamaswap.upstream import UpstreamClient
 from llamaswap.watcher import ConfigWatcher
 from llamaswap.web import LlamaswapSite, RootResource
 

@@ -25,7 +25,8 @@ from twisted.web import server
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from llamaswap.proxy import ReverseProxyResource, UpstreamClient, quiet_pool, spooled_body, upstream_agent
+from llamaswap.proxy import ReverseProxyResource
+from llamaswap.upstream import UpstreamClient, quiet_pool, spooled_body, upstream_agent
 from llamaswap.web import send_error
 
 

@@ -256,8 +256,6 @@ class FakeEndpoints:
 
 
 def pool_exchange(client, body=b"{}"):
-    from llamaswap.proxy import UpstreamClient  # noqa: F401 - documents the subject
-
     results, failures = [], []
     client.exchange(b"POST", b"http://127.0.0.1:9/v1/x?y=1", Headers(), body).addCallbacks(results.append, failures.append)
     return results, failures
@@ -266,7 +264,7 @@ def pool_exchange(client, body=b"{}"):
 def test_pool_reuses_connections_and_retries_a_stale_one():
     from twisted.internet.task import Clock
 
-    from llamaswap.proxy import UpstreamClient
+    from llamaswap.upstream import UpstreamClient
 
     endpoints = FakeEndpoints()
     client = UpstreamClient(Clock(), endpoints)
@@ -291,7 +289,7 @@ def test_pool_reuses_connections_and_retries_a_stale_one():
 def test_pool_forgets_idle_connections_after_a_while():
     from twisted.internet.task import Clock
 
-    from llamaswap.proxy import IDLE_CONNECTION_SECONDS, UpstreamClient
+    from llamaswap.upstream import IDLE_CONNECTION_SECONDS, UpstreamClient
 
     clock = Clock()
     endpoints = FakeEndpoints()
@@ -308,7 +306,7 @@ def test_pool_forgets_idle_connections_after_a_while():
 def test_cancelling_an_exchange_aborts_its_connection():
     from twisted.internet.task import Clock
 
-    from llamaswap.proxy import UpstreamClient
+    from llamaswap.upstream import UpstreamClient
 
     endpoints = FakeEndpoints()
     client = UpstreamClient(Clock(), endpoints)

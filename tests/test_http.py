@@ -15,6 +15,7 @@ from zope.interface import implementer
 
 from .conftest import PYTHON, fake, json_of, sleep, yaml_quote
 
+
 @implementer(IBodyProducer)
 class ChunkedBody:
     """

@@ -17,7 +17,12 @@ from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
 
 from llamaswap.events import EventBus, TokenMetricsRecorded
-from llamaswap.metrics import MetricsObserver, MetricsStore, SSEUsageScanner, metrics_from
+from llamaswap.metrics import (
+    MetricsObserver,
+    MetricsStore,
+    SSEUsageScanner,
+    metrics_from,
+)
 
 from .conftest import fake, json_of
 

@@ -11,7 +11,8 @@ connection closed early -- ends the exchange with a clear error.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol as TypingProtocol
+from typing import Callable
+from typing import Protocol as TypingProtocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred

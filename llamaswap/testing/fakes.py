@@ -7,7 +7,11 @@ and a health probe whose answers the test decides.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
+from twisted.internet.error import (
+    ConnectionRefusedError,
+    ProcessDone,
+    ProcessTerminated,
+)
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 

@@ -28,7 +28,12 @@ class Options(usage.Options):
 
     def postOptions(self):
         from llamaswap.listen import ListenError, endpoint_description
-        from llamaswap.wolproxy import LOG_LEVELS, parse_host_port, parse_mac, validate_upstream
+        from llamaswap.wolproxy import (
+            LOG_LEVELS,
+            parse_host_port,
+            parse_mac,
+            validate_upstream,
+        )
 
         if not self["mac"]:
             raise usage.UsageError("--mac is required")
