@@ -39,11 +39,12 @@ from llamaswap.protocols.sse import sse_message
 from llamaswap.protocols.streaming import BoundedStream
 from llamaswap.proxy import ReverseProxyResource
 from llamaswap.upstream import spooled_body
-from llamaswap.web import error_response, send_error
+from llamaswap.web import error_response, send_error, sized
 
 if TYPE_CHECKING:
     from llamaswap.service import LlamaswapService
 
+TEXT = b"text/plain; charset=utf-8"
 INFERENCE_PATHS = (
     "/v1/chat/completions",
     "/v1/completions",
@@ -213,7 +214,7 @@ class Routes:
     @app.route("/upstream", methods=["GET"])
     def upstream_index(self, request):
         request.redirect(b"/ui/models")
-        return b""
+        return sized(request, b"")
 
     @app.route("/upstream/", branch=True)
     def upstream(self, request: Request):
@@ -234,7 +235,7 @@ class Routes:
             location = f"/upstream/{candidate}/".encode("utf-8", "surrogateescape") + query
             request.setResponseCode(301 if request.method in (b"GET", b"HEAD") else 308)
             request.setHeader(b"location", location)
-            return b""
+            return sized(request, b"")
         model_id = self.config.real_model_name(candidate)
         target = remaining.encode("utf-8", "surrogateescape") + query
         return self._use(request, model_id, spooled_body(request.content), path=target)
@@ -274,11 +275,7 @@ class Routes:
 
     @app.route("/unload", methods=["GET"])
     def unload_all(self, request):
-        def done(_):
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"OK"
-
-        return self.manager.unload_all().addCallback(done)
+        return self.manager.unload_all().addCallback(lambda _: sized(request, b"OK", TEXT))
 
     @app.route("/api/models/unload", methods=["POST"])
     def api_unload_all(self, request):
@@ -290,16 +287,11 @@ class Routes:
         if model_id is None:
             return error_response(request, 404, "Model not found")
 
-        def done(_):
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"OK"
-
-        return self.manager.unload(model_id).addCallback(done)
+        return self.manager.unload(model_id).addCallback(lambda _: sized(request, b"OK", TEXT))
 
     @app.route("/api/metrics", methods=["GET"])
     def api_metrics(self, request):
-        request.setHeader(b"content-type", b"application/json")
-        return self.service.metrics.to_json()
+        return sized(request, self.service.metrics.to_json(), b"application/json")
 
     # ------------------------------------------------------------ logs and events
 
@@ -307,9 +299,8 @@ class Routes:
     def logs(self, request):
         if b"text/html" in (request.getHeader(b"accept") or b""):
             request.redirect(b"/ui/")
-            return b""
-        request.setHeader(b"content-type", b"text/plain")
-        return self.service.logs.combined.history()
+            return sized(request, b"")
+        return sized(request, self.service.logs.combined.history(), b"text/plain")
 
     @app.route("/logs/stream", methods=["GET"], defaults={"name": ""}, endpoint="logs_stream_all")
     @app.route("/logs/stream/<name>", methods=["GET"], endpoint="logs_stream_one")
@@ -385,29 +376,31 @@ class Routes:
 
     @app.route("/health", methods=["GET"])
     def health(self, request):
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"OK"
+        return sized(request, b"OK", TEXT)
 
     @app.route("/wol-health", methods=["GET"])
     def wol_health(self, request):
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"OK"
+        return sized(request, b"OK", TEXT)
 
     @app.route("/", methods=["GET"])
     def root(self, request):
         request.redirect(b"/ui")
-        return b""
+        return sized(request, b"")
 
     @app.route("/favicon.ico", methods=["GET"])
     def favicon(self, request):
         icon = self.static_dir.child("favicon.ico")
         if not icon.isfile():
             request.setResponseCode(404)
-            return b""
-        request.setHeader(b"content-type", b"image/x-icon")
-        return icon.getContent()
+            return sized(request, b"")
+        return sized(request, icon.getContent(), b"image/x-icon")
 
     @app.route("/ui", methods=["GET", "HEAD"], strict_slashes=False, endpoint="ui_root")
+    def ui_root(self, request):
+        request.setResponseCode(301)
+        request.setHeader(b"location", b"/ui/" + request.uri[len(request.path) :])
+        return sized(request, b"")
+
     @app.route("/ui/", methods=["GET", "HEAD"], branch=True, endpoint="ui_files")
     def ui(self, request):
         relative = request.path[len(b"/ui") :].decode("utf-8", "replace").strip("/")
@@ -417,12 +410,12 @@ class Routes:
                 target = target.child(segment)
         except InsecurePath:
             request.setResponseCode(404)
-            return b""
+            return sized(request, b"")
         if not target.isfile():
             target = self.static_dir.child("index.html")  # client-side routes
         if not target.isfile():
             request.setResponseCode(404)
-            return b"the web UI is not installed"
+            return sized(request, b"the web UI is not installed", TEXT)
         request.postpath = []  # the file is found; nothing left to traverse
         return File(target.path)
 
@@ -432,7 +425,7 @@ class Routes:
 
         if failure.check(NotFound, MethodNotAllowed):
             request.setResponseCode(404)
-            return b""
+            return sized(request, b"")
         self.log.error(f"internal error handling {request.method.decode()} {request.path.decode('latin-1')}: {failure.getErrorMessage()}")
         return error_response(request, 500, "internal error")
 
@@ -441,6 +434,5 @@ class Routes:
     @staticmethod
     def _json(request, payload, charset: bool = True) -> bytes:
         content_type = b"application/json; charset=utf-8" if charset else b"application/json"
-        request.setHeader(b"content-type", content_type)
-        return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        return sized(request, json.dumps(payload, separators=(",", ":")).encode("utf-8"), content_type)
 

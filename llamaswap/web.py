@@ -45,6 +45,17 @@ def wants_json(request) -> bool:
     return b"application/json" in accept
 
 
+def sized(request, body: bytes, content_type: bytes | None = None) -> bytes:
+    """
+    Announce a complete body's length (Klein would otherwise send even a
+    two-byte answer chunked) and return it.
+    """
+    if content_type is not None:
+        request.setHeader(b"content-type", content_type)
+    request.setHeader(b"content-length", str(len(body)).encode())
+    return body
+
+
 def error_response(request, code: int, message: str) -> bytes:
     """
     Set the status and content type of an error and return its body: JSON
@@ -52,10 +63,8 @@ def error_response(request, code: int, message: str) -> bytes:
     """
     request.setResponseCode(code)
     if wants_json(request):
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        return json.dumps({"error": message}).encode("utf-8")
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    return message.encode("utf-8")
+        return sized(request, json.dumps({"error": message}).encode("utf-8"), b"application/json; charset=utf-8")
+    return sized(request, message.encode("utf-8"), b"text/plain; charset=utf-8")
 
 
 def send_error(request, code: int, message: str) -> None:
@@ -63,7 +72,6 @@ def send_error(request, code: int, message: str) -> None:
     Send a complete error response now.
     """
     body = error_response(request, code, message)
-    request.setHeader(b"content-length", str(len(body)).encode())
     request.write(body)
     request.finish()
 

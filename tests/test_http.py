@@ -88,6 +88,20 @@ def test_health_and_redirects(llamaswap):
     response = yield server.get("/upstream", allow_redirects=False)
     assert response.code == 302
     assert response.headers.getRawHeaders("location") == ["/ui/models"]
+    response = yield server.get("/ui?x=1", allow_redirects=False)
+    assert response.code == 301
+    assert response.headers.getRawHeaders("location") == ["/ui/?x=1"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_small_answers_have_a_content_length(llamaswap):
+    server = llamaswap(BASIC)
+    for path in ("/health", "/v1/models", "/running", "/api/metrics", "/logs", "/nothing"):
+        response = yield server.get(path)
+        body = yield response.content()
+        assert response.length == len(body), path  # not chunked
+    response = yield server.post("/v1/chat/completions", data=b"garbage")
+    assert response.length == len(b"missing or invalid 'model' key")
 
 
 @pytest_twisted.inlineCallbacks
