@@ -36,18 +36,27 @@ def yaml_quote(text: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_port_range(1)
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port_range(count: int) -> int:
     """
-    The first of C{count} consecutive free loopback ports.
+    The first of C{count} consecutive free loopback ports, below the
+    ephemeral range so that no outgoing connection can take one of them
+    between this check and the model server binding it.
     """
     rng = random.Random(os.getpid() ^ id(count) ^ random.getrandbits(32))
+    high = max(12000, _ephemeral_low()) - count
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - count)
+        base = rng.randrange(10000, high)
         try:
             sockets = []
             for port in range(base, base + count):
