@@ -30,7 +30,7 @@ from llamaswap import launcher
 from llamaswap.config import ModelConfig
 from llamaswap.events import EventBus, ProcessStateChanged
 from llamaswap.logs import Logs
-from llamaswap.protocols.upstream import UpstreamProcessProtocol, describe_exit
+from llamaswap.protocols.process import UpstreamProcessProtocol, describe_exit
 from llamaswap.readiness import NotReady, Probe, wait_until_ready
 
 log = Logger()
