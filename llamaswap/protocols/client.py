@@ -253,6 +253,16 @@ class UpstreamConnection(Protocol):
         head.callback(ResponseHead(code, status[2] if len(status) > 2 else b"", headers))
         return True
 
+    def _relay(self, sink: BodySink) -> None:
+        """
+        Pass on as much of the buffer as the current body (or chunk) still has.
+        """
+        data = self._buffer[: self._remaining]
+        self._buffer = self._buffer[len(data) :]
+        self._remaining -= len(data)
+        if data:
+            sink.body_data(data)
+
     def _parse_body(self) -> bool:
         sink = self._sink
         if not self._chunked:
@@ -262,11 +272,7 @@ class UpstreamConnection(Protocol):
                     sink.body_data(data)
                 return False
             if self._remaining:
-                data = self._buffer[: self._remaining]
-                self._buffer = self._buffer[len(data) :]
-                self._remaining -= len(data)
-                if data:
-                    sink.body_data(data)
+                self._relay(sink)
             if self._remaining == 0:
                 self._end_body(True, "")
             return False
@@ -294,11 +300,7 @@ class UpstreamConnection(Protocol):
                 self._chunked_state = "data"
             return True
         if self._chunked_state == "data":
-            data = self._buffer[: self._remaining]
-            self._buffer = self._buffer[len(data) :]
-            self._remaining -= len(data)
-            if data:
-                sink.body_data(data)
+            self._relay(sink)
             if self._remaining == 0:
                 self._chunked_state = "data-end"
                 return True
