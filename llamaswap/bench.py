@@ -24,7 +24,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
-from llamaswap.upstream import BytesProducer
+from llamaswap.http.bodies import BytesProducer
 
 
 class IncompleteBody(Exception):

@@ -1,28 +1,29 @@
 """
-The top-level service: wires the event bus, the logs, the model manager and
-the HTTP listener together, and stops them in order (no new connections,
-then every model server, then the streams).
+The top-level service: wires the event bus, the logs, the model manager,
+the request gateway and the HTTP listener together, and stops them in
+order (no new connections, then every model server, then the streams).
 """
 
 from __future__ import annotations
 
 import os
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python.filepath import FilePath
 
 from llamaswap.config import Config, ConfigError, load_config
-from llamaswap.events import ConfigFileChanged, EventBus
-from llamaswap.listen import display_url
-from llamaswap.logs import Logs
-from llamaswap.manager import ModelManager
-from llamaswap.metrics import MetricsStore
-from llamaswap.routes import Routes
-from llamaswap.upstream import UpstreamClient
-from llamaswap.watcher import ConfigWatcher
-from llamaswap.web import LlamaswapSite, RootResource
+from llamaswap.config.watcher import ConfigWatcher
+from llamaswap.http.client import UpstreamClient, UpstreamEndpoints, plain_client
+from llamaswap.http.gateway import Gateway
+from llamaswap.http.listen import ListeningService, display_url
+from llamaswap.http.routes import Routes
+from llamaswap.http.site import LlamaswapSite, RootResource
+from llamaswap.models.manager import ModelManager
+from llamaswap.models.readiness import PROBE_CONNECT_TIMEOUT, http_probe
+from llamaswap.observe.events import ConfigFileChanged, EventBus
+from llamaswap.observe.logs import Logs
+from llamaswap.observe.metrics import MetricsStore
 
 
 def static_directory() -> FilePath:
@@ -40,18 +41,24 @@ def static_directory() -> FilePath:
 class LlamaswapService(MultiService):
     """
     One running llamaswap.
+
+    @param listen: a server endpoint description, or C{None} for no
+        listener (in-memory tests connect to C{site} themselves).
+    @param endpoints: how model servers are reached (tests put in-memory
+        connections here).
     """
 
     def __init__(
         self,
         config: Config,
         *,
-        listen: str,
+        listen: str | None,
         reactor=None,
         config_path: str | None = None,
         watch_config: bool = False,
         startup_notes: tuple[str, ...] = (),
         probe=None,
+        endpoints: UpstreamEndpoints | None = None,
     ):
         super().__init__()
         if reactor is None:
@@ -66,15 +73,27 @@ class LlamaswapService(MultiService):
         self.bus.setServiceParent(self)
         self.logs = Logs(self.bus, config.log_level, config.log_time_format)
         self.metrics = MetricsStore(self.bus, config.metrics_max_in_memory)
-        self.client = UpstreamClient(reactor)
+        self.client = UpstreamClient(reactor, endpoints)
+        if probe is None:
+            probe_endpoints = endpoints or UpstreamEndpoints(reactor, PROBE_CONNECT_TIMEOUT)
+            probe = http_probe(plain_client(reactor, probe_endpoints), reactor)
         self.manager = ModelManager(config, reactor=reactor, logs=self.logs, bus=self.bus, probe=probe)
         self.manager.setServiceParent(self)
-        self.routes = Routes(self, static_directory())
+        self.gateway = Gateway(self.manager, self.client, self.metrics, self.logs.proxy, reactor)
+        self.routes = Routes(
+            models=self.manager,
+            gateway=self.gateway,
+            logs=self.logs,
+            bus=self.bus,
+            metrics=self.metrics,
+            static_dir=static_directory(),
+        )
         root = RootResource(self.routes.resource(), self.routes.fast_routes())
         self.site = LlamaswapSite(root, self.logs.proxy, clock=reactor)
-        self.http = StreamServerEndpointService(serverFromString(reactor, listen), self.site)
-        self.http._raiseSynchronously = True
-        self.http.setServiceParent(self)
+        self.http: ListeningService | None = None
+        if listen is not None:
+            self.http = ListeningService(serverFromString(reactor, listen), self.site)
+            self.http.setServiceParent(self)
         if watch_config and config_path:
             self.watcher = ConfigWatcher(config_path, self.reload_config, reactor)
             self.watcher.setServiceParent(self)
@@ -85,6 +104,8 @@ class LlamaswapService(MultiService):
         for warning in self.config.warnings:
             self.logs.proxy.warn(f"config: {warning}")
         super().startService()
+        if self.http is None:
+            return
         scheme = "https" if self.listen.startswith("ssl:") else "http"
 
         def listening(port):
@@ -97,7 +118,7 @@ class LlamaswapService(MultiService):
             self.logs.proxy.info(f"llamaswap listening on {where}")
             return port
 
-        self.http._waitingForPort.addCallback(listening)
+        self.http.when_listening().addCallback(listening)
 
     def reload_config(self) -> bool:
         """

@@ -15,19 +15,20 @@ import re
 from importlib import resources
 from urllib.parse import urlsplit
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.web import server
-from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from llamaswap.proxy import ReverseProxyResource
-from llamaswap.upstream import UpstreamClient, quiet_pool, spooled_body, upstream_agent
-from llamaswap.web import send_error
+from llamaswap.http.answers import send_error
+from llamaswap.http.bodies import spooled_body
+from llamaswap.http.client import UpstreamClient, UpstreamEndpoints, plain_client
+from llamaswap.http.listen import ListeningService
+from llamaswap.http.proxy import ReverseProxyResource
+from llamaswap.http.site import TrackedRequest
 
 
 class _LeveledLog:
@@ -65,6 +66,7 @@ READY = "ready"
 NOT_READY = "not ready"
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$")
 IDLE_RETRY_SECONDS = 10.0
+CONNECT_TIMEOUT = 5.0
 WAKING_RETRY_SECONDS = 1.0
 LOG_LEVELS = ("debug", "info", "warn", "error")
 
@@ -106,7 +108,7 @@ class UpstreamMonitor(Service):
     def __init__(self, reactor, upstream: str):
         self._reactor = reactor
         self.events_url = upstream.rstrip("/") + "/api/events"
-        self._agent = upstream_agent(reactor, quiet_pool(reactor, persistent=False), 5)
+        self._client = plain_client(reactor, UpstreamEndpoints(reactor, CONNECT_TIMEOUT))
         self.status = NOT_READY
         self.failures = 0
         self._waiters: list[Deferred] = []
@@ -146,9 +148,7 @@ class UpstreamMonitor(Service):
         if not self.running:
             return
         log.debug("connecting to {url}", url=self.events_url)
-        self._attempt = self._agent.request(
-            b"GET", self.events_url.encode(), Headers({b"accept": [b"text/event-stream"]})
-        )
+        self._attempt = self._client.get(self.events_url, headers={b"accept": [b"text/event-stream"]})
         self._attempt.addCallbacks(self._connected, self._failed)
 
     def _connected(self, response) -> None:
@@ -222,11 +222,11 @@ class WakeOnLanResource(Resource):
         def ready(_):
             if timeout.active():
                 timeout.cancel()
-            if not request._disconnected:
+            if not request.gone:
                 request.render(self._forwarder(request))
 
         def gave_up(failure):
-            if request._disconnected:
+            if request.gone:
                 return
             log.info("timed out waiting for the upstream: {path}", path=path)
             send_error(request, 408, "timeout")
@@ -240,7 +240,6 @@ class WakeOnLanResource(Resource):
             "upstream",
             (self.proxy.upstream.rstrip("/") + request.uri.decode("latin-1")).encode("latin-1"),
             spooled_body(request.content),
-            send_error=send_error,
             log_error=lambda message: log.error("{message}", message=message),
         )
 
@@ -271,10 +270,9 @@ class WolProxyService(MultiService):
         self.waking_page = resources.files("llamaswap").joinpath("waking.html").read_bytes()
         self.monitor = UpstreamMonitor(reactor, upstream)
         self.monitor.setServiceParent(self)
-        site = server.Site(WakeOnLanResource(self))
+        site = server.Site(WakeOnLanResource(self), requestFactory=TrackedRequest, reactor=reactor)
         site.noisy = False
-        self.http = StreamServerEndpointService(serverFromString(reactor, listen), site)
-        self.http._raiseSynchronously = True
+        self.http = ListeningService(serverFromString(reactor, listen), site)
         self.http.setServiceParent(self)
 
     def wake(self) -> None:

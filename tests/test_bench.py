@@ -13,8 +13,7 @@ import urllib.request
 import pytest
 
 from llamaswap.bench import percentile
-
-from .conftest import free_port
+from tests.helpers import free_port
 
 
 def test_percentile_nearest_rank():

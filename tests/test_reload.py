@@ -1,111 +1,31 @@
 """
---watch-config: the watcher (inotify and polling, editors that replace the
-file, Kubernetes' ..data symlink swap, debouncing) and live reloads that
-keep unchanged models and their requests running.
+Live reloads (--watch-config) that keep unchanged models and their
+requests running.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import Clock
 from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
 
 from llamaswap.config import parse_config
-from llamaswap.events import ConfigFileChanged
+from llamaswap.observe.events import ConfigFileChanged
 from llamaswap.service import LlamaswapService
-from llamaswap.watcher import ConfigWatcher
-
-from .conftest import Body, Running, fake, free_port_range, json_of, sleep
-
-
-def test_polling_watcher_debounces_bursts(tmp_path):
-    path = tmp_path / "config.yaml"
-    path.write_text("a")
-    clock = Clock()
-    fired = []
-    watcher = ConfigWatcher(str(path), lambda: fired.append(clock.seconds()), clock, use_inotify=False)
-    watcher.startService()
-    assert watcher.mode == "polling"
-    clock.advance(1.0)
-    assert fired == []
-    for content in ("bb", "ccc", "dddd"):
-        path.write_text(content)
-        clock.advance(0.5)  # each poll sees a change and restarts the quiet period
-    assert fired == []
-    clock.advance(0.5)
-    assert fired == []
-    clock.advance(0.5)
-    assert fired == [3.5]
-    clock.advance(5)
-    assert fired == [3.5]
-    watcher.stopService()
-    assert clock.getDelayedCalls() == []
-
-
-@inlineCallbacks
-def wait_until(condition, timeout=5.0):
-    waited = 0.0
-    while not condition():
-        if waited > timeout:
-            raise AssertionError("condition not met in time")
-        yield sleep(0.02)
-        waited += 0.02
-
-
-@pytest_twisted.inlineCallbacks
-def test_inotify_watcher_sees_writes_renames_and_kubernetes_swaps(tmp_path):
-    path = tmp_path / "config.yaml"
-    path.write_text("v1")
-    fired = []
-    watcher = ConfigWatcher(str(path), lambda: fired.append(path.read_text()), reactor, debounce=0.1)
-    watcher.startService()
-    try:
-        assert watcher.mode == "inotify"
-        path.write_text("v2")  # a plain write
-        yield wait_until(lambda: fired == ["v2"])
-        replacement = tmp_path / ".config.yaml.swp"
-        replacement.write_text("v3")
-        os.replace(replacement, path)  # an editor's atomic save
-        yield wait_until(lambda: fired == ["v2", "v3"])
-        (tmp_path / "unrelated.txt").write_text("noise")
-        yield sleep(0.3)
-        assert fired == ["v2", "v3"]
-    finally:
-        watcher.stopService()
-
-
-@pytest_twisted.inlineCallbacks
-def test_inotify_watcher_follows_a_configmap_data_swap(tmp_path):
-    # the layout Kubernetes mounts: config.yaml -> ..data/config.yaml, ..data -> ..2024_01
-    first = tmp_path / "..2024_01"
-    first.mkdir()
-    (first / "config.yaml").write_text("first")
-    os.symlink("..2024_01", tmp_path / "..data")
-    os.symlink("..data/config.yaml", tmp_path / "config.yaml")
-    fired = []
-    path = tmp_path / "config.yaml"
-    watcher = ConfigWatcher(str(path), lambda: fired.append(path.read_text()), reactor, debounce=0.1)
-    watcher.startService()
-    try:
-        second = tmp_path / "..2024_02"
-        second.mkdir()
-        (second / "config.yaml").write_text("second")
-        os.symlink("..2024_02", tmp_path / "..data_tmp")
-        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
-        yield wait_until(lambda: fired == ["second"])
-    finally:
-        watcher.stopService()
-
-
-# ---------------------------------------------------------------- live reload
+from tests.helpers import (
+    Body,
+    Running,
+    fake,
+    free_port_range,
+    json_of,
+    sleep,
+    wait_until,
+)
 
 
 def config_text(ports: int, **models: str) -> str:
@@ -132,7 +52,7 @@ def watched(tmp_path):
         )
         service.startService()
         services.append(service)
-        return Running(service, service.http._waitingForPort.result.getHost().port), path
+        return Running(service, service.http.port.getHost().port), path
 
     yield start
     for service in services:

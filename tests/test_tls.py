@@ -25,11 +25,10 @@ from twisted.internet.ssl import Certificate
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
 
 from llamaswap.config import parse_config
-from llamaswap.listen import endpoint_description
+from llamaswap.http.listen import endpoint_description
 from llamaswap.service import LlamaswapService
-
-from .conftest import fake, free_port, free_port_range
-from .test_twistd import TWISTD
+from tests.helpers import fake, free_port, free_port_range
+from tests.test_twistd import TWISTD
 
 
 @pytest.fixture(scope="module")

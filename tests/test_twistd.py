@@ -19,7 +19,7 @@ import urllib.request
 import psutil
 import pytest
 
-from .conftest import fake, free_port, free_port_range
+from tests.helpers import fake, free_port, free_port_range
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 

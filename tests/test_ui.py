@@ -20,8 +20,8 @@ import urllib.request
 
 import pytest
 
-from .conftest import fake, free_port, free_port_range
-from .test_twistd import TWISTD, wait_for_health
+from tests.helpers import fake, free_port, free_port_range
+from tests.test_twistd import TWISTD, wait_for_health
 
 pytestmark = pytest.mark.browser
 

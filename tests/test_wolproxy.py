@@ -18,9 +18,8 @@ from twisted.internet.protocol import DatagramProtocol
 from llamaswap.config import parse_config
 from llamaswap.service import LlamaswapService
 from llamaswap.wolproxy import WolProxyService, magic_packet, parse_mac
-
-from .conftest import fake, free_port, free_port_range, sleep
-from .test_twistd import TWISTD
+from tests.helpers import fake, free_port, free_port_range, sleep
+from tests.test_twistd import TWISTD
 
 MAC = "BA:DC:0F:FE:E0:01"
 
@@ -72,7 +71,7 @@ def wolproxy(catcher):
         )
         service.startService()
         started.append(service)
-        return service, f"http://127.0.0.1:{service.http._waitingForPort.result.getHost().port}"
+        return service, f"http://127.0.0.1:{service.http.port.getHost().port}"
 
     yield start
     for service in started:

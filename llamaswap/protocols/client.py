@@ -1,12 +1,28 @@
 """
-A lean HTTP/1.1 client connection for relaying requests to model servers.
+The HTTP/1.1 client connection that relays requests to model servers.
 
 Twisted's Agent is general and careful, and a third of the proxy's time per
-request went into it.  A reverse proxy needs much less: send one request,
-read one response head, pass the body through as it arrives (dechunked),
-honour flow control, and reuse the connection when the response allows it.
-That is all this does; anything unusual -- a malformed response, a
-connection closed early -- ends the exchange with a clear error.
+request went into it (see benchmarks/README.md).  A reverse proxy needs much
+less: send one request, read one response head, pass the body through as it
+arrives (dechunked), honour flow control, and reuse the connection when the
+response allows it.  That is all this does; anything unusual -- a malformed
+response, a connection closed early, no response head in time -- ends the
+exchange with a clear error.
+
+The response parser is an explicit state machine: C{_state} names where in
+the response we are and C{_READERS} maps each state to the one method that
+consumes bytes in it.  The whole table of states:
+
+    idle            no exchange; bytes from the server are an error
+    head            status line and headers, up to the blank line
+    body-length     a body of known length
+    body-until-close  a body that ends when the server closes
+    chunk-size      the size line of the next chunk
+    chunk-data      the bytes of a chunk
+    chunk-end       the CRLF after a chunk's bytes
+    trailer         trailer lines after the last chunk
+    done            the exchange ended; the connection is closing
+    closed          the connection is gone
 """
 
 from __future__ import annotations
@@ -17,12 +33,26 @@ from typing import Protocol as TypingProtocol
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 MAX_HEAD_BYTES = 64 * 1024
-NO_BODY_STATUSES = {204, 304}
+MAX_CHUNK_LINE = 1024
+NO_BODY_STATUSES = frozenset({204, 304})
+
+IDLE = "idle"
+HEAD = "head"
+BODY_LENGTH = "body-length"
+BODY_UNTIL_CLOSE = "body-until-close"
+CHUNK_SIZE = "chunk-size"
+CHUNK_DATA = "chunk-data"
+CHUNK_END = "chunk-end"
+TRAILER = "trailer"
+DONE = "done"
+CLOSED = "closed"
+BODY_STATES = frozenset({BODY_LENGTH, BODY_UNTIL_CLOSE, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILER})
 
 
 class UpstreamError(Exception):
@@ -35,6 +65,12 @@ class NoResponse(UpstreamError):
     """
     The connection ended before any response arrived (safe to retry a
     request that was fully in memory on a fresh connection).
+    """
+
+
+class ResponseHeadTimeout(UpstreamError):
+    """
+    The server accepted the request but sent no response head in time.
     """
 
 
@@ -54,43 +90,46 @@ class BodySink(TypingProtocol):
 class UpstreamConnection(Protocol):
     """
     One keep-alive connection; one exchange at a time.
+
+    @ivar busy: an exchange is under way.
+    @ivar reusable: the last exchange ended cleanly and the connection may
+        carry another.
     """
 
-    def __init__(self, on_idle: Callable[[UpstreamConnection], None] | None = None):
+    def __init__(
+        self,
+        on_idle: Callable[[UpstreamConnection], None] | None = None,
+        clock: IReactorTime | None = None,
+    ):
         self.on_idle = on_idle
+        self.clock = clock
         self.busy = False
         self.reusable = False
+        self.lost = False
         self.used = 0
+        self._state = IDLE
         self._buffer = b""
-        self._state = "idle"
         self._head: Deferred | None = None
+        self._head_timer: IDelayedCall | None = None
         self._sink: BodySink | None = None
         self._remaining = 0
-        self._chunked = False
-        self._chunked_state = "size"
         self._keep_alive = True
         self._method = b""
         self._received_anything = False
-        self.connected_deferred: Deferred = Deferred()
-        self.lost = False
 
     # ------------------------------------------------------------ connection
-
-    def connectionMade(self) -> None:
-        self.connected_deferred.callback(self)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self.lost = True
         self.reusable = False
-        state, self._state = self._state, "closed"
-        if state == "head":
+        state, self._state = self._state, CLOSED
+        if state == HEAD:
             error = NoResponse if not self._received_anything else UpstreamError
             self._fail_head(error(f"connection closed before the response: {reason.getErrorMessage()}"))
-        elif state == "body":
-            if self._remaining == -1 and not self._chunked:
-                self._end_body(True, "")  # the body ran until the close, as announced
-            else:
-                self._end_body(False, f"connection lost mid-response: {reason.getErrorMessage()}")
+        elif state == BODY_UNTIL_CLOSE:
+            self._end_body(True, "")  # the body ran until the close, as announced
+        elif state in BODY_STATES:
+            self._end_body(False, f"connection lost mid-response: {reason.getErrorMessage()}")
 
     # ------------------------------------------------------------ sending
 
@@ -102,11 +141,15 @@ class UpstreamConnection(Protocol):
         headers: Headers,
         body: bytes | None = None,
         producer=None,
+        head_timeout: float | None = None,
     ) -> Deferred:
         """
         Send a request.  C{body} (bytes) or C{producer} (an IBodyProducer
         with a known length) is the request body.
 
+        @param head_timeout: seconds to wait for the response head once the
+            request is sent; then the exchange fails with
+            L{ResponseHeadTimeout}.
         @return: a Deferred firing with the L{ResponseHead}; call L{read_body}
             after it to receive the body.
         """
@@ -114,7 +157,7 @@ class UpstreamConnection(Protocol):
             raise UpstreamError("connection not available")
         self.busy = True
         self.used += 1
-        self._state = "head"
+        self._state = HEAD
         self._method = method
         self._received_anything = False
         self._keep_alive = True
@@ -134,6 +177,8 @@ class UpstreamConnection(Protocol):
             self.transport.registerProducer(producer, True)
             sending = producer.startProducing(self.transport)
             sending.addBoth(self._body_sent)
+        if head_timeout is not None and self.clock is not None:
+            self._head_timer = self.clock.callLater(head_timeout, self._head_timed_out, head_timeout)
         return self._head
 
     def _body_sent(self, result):
@@ -144,14 +189,20 @@ class UpstreamConnection(Protocol):
             self.abort()
         return None
 
+    def _head_timed_out(self, seconds: float) -> None:
+        self._head_timer = None
+        if self._state == HEAD:
+            self._fail_head(ResponseHeadTimeout(f"no response headers within {seconds:g}s"))
+            self.abort()
+
     def read_body(self, sink: BodySink) -> None:
         """
         Deliver the body of the response whose head was received to C{sink}.
         """
         self._sink = sink
-        if self._state == "body":
-            self._parse(b"")
-        elif self._state == "closed":
+        if self._state in BODY_STATES:
+            self._parse()
+        elif self._state == CLOSED:
             sink.body_done(False, "connection lost")
 
     def pause(self) -> None:
@@ -170,34 +221,32 @@ class UpstreamConnection(Protocol):
     # ------------------------------------------------------------ receiving
 
     def dataReceived(self, data: bytes) -> None:
-        if self._state == "idle":
+        if self._state == IDLE:
             # Nothing was asked: an idle connection talking is broken.
             self.abort()
             return
         self._received_anything = True
-        self._parse(data)
+        self._buffer = self._buffer + data if self._buffer else data
+        self._parse()
 
-    def _parse(self, data: bytes) -> None:
-        if data:
-            self._buffer = self._buffer + data if self._buffer else data
-        while self._buffer or self._state == "body":
-            if self._state == "head":
-                if not self._parse_head():
-                    return
-            elif self._state == "body":
-                if self._sink is None:
-                    return  # waiting for read_body
-                if not self._parse_body():
-                    return
-            else:
+    def _parse(self) -> None:
+        """
+        Feed the buffer to the reader of the current state until one of
+        them needs more bytes (or a body has nowhere to go yet).
+        """
+        while True:
+            state = self._state
+            if state in BODY_STATES and self._sink is None:
+                return  # waiting for read_body
+            reader = self._READERS.get(state)
+            if reader is None or not reader(self):
                 return
 
-    def _parse_head(self) -> bool:
+    def _read_head(self) -> bool:
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0:
             if len(self._buffer) > MAX_HEAD_BYTES:
-                self._fail_head(UpstreamError("response head too large"))
-                self.abort()
+                self._malformed_head("response head too large")
             return False
         block, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
         lines = block.split(b"\r\n")
@@ -208,8 +257,7 @@ class UpstreamConnection(Protocol):
             if not version.startswith(b"HTTP/1."):
                 raise ValueError(version)
         except (IndexError, ValueError):
-            self._fail_head(UpstreamError(f"malformed status line from upstream: {lines[0][:80]!r}"))
-            self.abort()
+            self._malformed_head(f"malformed status line from upstream: {lines[0][:80]!r}")
             return False
         if 100 <= code < 200 and code != 101:
             return True  # an interim answer (100 Continue): the real one follows
@@ -217,43 +265,49 @@ class UpstreamConnection(Protocol):
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or not name or name != name.strip():
-                self._fail_head(UpstreamError(f"malformed header line from upstream: {line[:80]!r}"))
-                self.abort()
+                self._malformed_head(f"malformed header line from upstream: {line[:80]!r}")
                 return False
             headers.addRawHeader(name, value.strip())
+        next_state = self._body_framing(version, code, headers)
+        if next_state is None:
+            return False
+        self._cancel_head_timer()
+        self._state = next_state
+        head, self._head = self._head, None
+        head.callback(ResponseHead(code, status[2] if len(status) > 2 else b"", headers))
+        return True
+
+    def _body_framing(self, version: bytes, code: int, headers: Headers) -> str | None:
+        """
+        The state the body starts in, by RFC 9112's rules for how a
+        response body is delimited; C{None} (and the exchange failed) for an
+        unreadable Content-Length.
+        """
         connection = b",".join(headers.getRawHeaders(b"connection", [])).lower()
         if version == b"HTTP/1.0":
             self._keep_alive = b"keep-alive" in connection
         elif b"close" in connection:
             self._keep_alive = False
-        transfer = b",".join(headers.getRawHeaders(b"transfer-encoding", [])).lower()
-        self._chunked = b"chunked" in transfer
-        lengths = headers.getRawHeaders(b"content-length")
         if self._method == b"HEAD" or code in NO_BODY_STATUSES:
             self._remaining = 0
-            self._chunked = False
-        elif self._chunked:
-            self._remaining = 0
-            self._chunked_state = "size"
-        elif lengths:
-            try:
-                values = {int(value) for value in b",".join(lengths).split(b",")}
-                if len(values) != 1 or min(values) < 0:
-                    raise ValueError(lengths)
-            except ValueError:
-                self._fail_head(UpstreamError(f"invalid Content-Length from upstream: {lengths!r}"))
-                self.abort()
-                return False
-            self._remaining = values.pop()
-        else:
-            self._remaining = -1  # until the connection closes
+            return BODY_LENGTH
+        if b"chunked" in b",".join(headers.getRawHeaders(b"transfer-encoding", [])).lower():
+            return CHUNK_SIZE
+        lengths = headers.getRawHeaders(b"content-length")
+        if not lengths:
             self._keep_alive = False
-        self._state = "body"
-        head, self._head = self._head, None
-        head.callback(ResponseHead(code, status[2] if len(status) > 2 else b"", headers))
-        return True
+            return BODY_UNTIL_CLOSE
+        try:
+            values = {int(value) for value in b",".join(lengths).split(b",")}
+            if len(values) != 1 or min(values) < 0:
+                raise ValueError(lengths)
+        except ValueError:
+            self._malformed_head(f"invalid Content-Length from upstream: {lengths!r}")
+            return None
+        self._remaining = values.pop()
+        return BODY_LENGTH
 
-    def _relay(self, sink: BodySink) -> None:
+    def _relay(self) -> None:
         """
         Pass on as much of the buffer as the current body (or chunk) still has.
         """
@@ -261,61 +315,60 @@ class UpstreamConnection(Protocol):
         self._buffer = self._buffer[len(data) :]
         self._remaining -= len(data)
         if data:
-            sink.body_data(data)
+            self._sink.body_data(data)
 
-    def _parse_body(self) -> bool:
-        sink = self._sink
-        if not self._chunked:
-            if self._remaining == -1:
-                data, self._buffer = self._buffer, b""
-                if data:
-                    sink.body_data(data)
-                return False
-            if self._remaining:
-                self._relay(sink)
-            if self._remaining == 0:
-                self._end_body(True, "")
+    def _read_body_length(self) -> bool:
+        if self._remaining:
+            self._relay()
+        if self._remaining == 0:
+            self._end_body(True, "")
+        return False
+
+    def _read_body_until_close(self) -> bool:
+        data, self._buffer = self._buffer, b""
+        if data:
+            self._sink.body_data(data)
+        return False
+
+    def _read_chunk_size(self) -> bool:
+        end = self._buffer.find(b"\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_CHUNK_LINE:
+                self._malformed_body("malformed chunk size from upstream")
             return False
-        # chunked
-        if self._chunked_state == "size":
-            end = self._buffer.find(b"\r\n")
-            if end < 0:
-                if len(self._buffer) > 1024:
-                    self._end_body(False, "malformed chunk size from upstream")
-                    self.abort()
-                return False
-            line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-                if size < 0:
-                    raise ValueError(line)
-            except ValueError:
-                self._end_body(False, f"malformed chunk size from upstream: {line[:40]!r}")
-                self.abort()
-                return False
-            if size == 0:
-                self._chunked_state = "trailer"
-            else:
-                self._remaining = size
-                self._chunked_state = "data"
-            return True
-        if self._chunked_state == "data":
-            self._relay(sink)
-            if self._remaining == 0:
-                self._chunked_state = "data-end"
-                return True
+        line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+            if size < 0:
+                raise ValueError(line)
+        except ValueError:
+            self._malformed_body(f"malformed chunk size from upstream: {line[:40]!r}")
             return False
-        if self._chunked_state == "data-end":
-            if len(self._buffer) < 2:
-                return False
-            if self._buffer[:2] != b"\r\n":
-                self._end_body(False, "malformed chunk ending from upstream")
-                self.abort()
-                return False
-            self._buffer = self._buffer[2:]
-            self._chunked_state = "size"
-            return True
-        # trailer: header lines until an empty one
+        if size == 0:
+            self._state = TRAILER
+        else:
+            self._remaining = size
+            self._state = CHUNK_DATA
+        return True
+
+    def _read_chunk_data(self) -> bool:
+        self._relay()
+        if self._remaining:
+            return False
+        self._state = CHUNK_END
+        return True
+
+    def _read_chunk_end(self) -> bool:
+        if len(self._buffer) < 2:
+            return False
+        if self._buffer[:2] != b"\r\n":
+            self._malformed_body("malformed chunk ending from upstream")
+            return False
+        self._buffer = self._buffer[2:]
+        self._state = CHUNK_SIZE
+        return True
+
+    def _read_trailer(self) -> bool:
         end = self._buffer.find(b"\r\n")
         if end < 0:
             return False
@@ -323,22 +376,49 @@ class UpstreamConnection(Protocol):
         if line == b"":
             self._end_body(True, "")
             return False
-        return True
+        return True  # a trailer field: read and dropped
+
+    _READERS = {
+        HEAD: _read_head,
+        BODY_LENGTH: _read_body_length,
+        BODY_UNTIL_CLOSE: _read_body_until_close,
+        CHUNK_SIZE: _read_chunk_size,
+        CHUNK_DATA: _read_chunk_data,
+        CHUNK_END: _read_chunk_end,
+        TRAILER: _read_trailer,
+    }
 
     # ------------------------------------------------------------ outcomes
 
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
     def _fail_head(self, error: Exception) -> None:
+        self._cancel_head_timer()
         self.reusable = False
         head, self._head = self._head, None
         if head is not None and not head.called:
             head.errback(error)
+
+    def _malformed_head(self, message: str) -> None:
+        self._state = DONE
+        self._fail_head(UpstreamError(message))
+        self.abort()
+
+    def _malformed_body(self, message: str) -> None:
+        self._end_body(False, message)
+        self.abort()
 
     def _end_body(self, complete: bool, reason: str) -> None:
         sink, self._sink = self._sink, None
         # Bytes beyond the response mean we lost track: do not reuse.
         self.reusable = complete and self._keep_alive and not self.lost and not self._buffer
         self._buffer = b""
-        self._state = "idle" if self.reusable else "done"
+        if self._state != CLOSED:
+            self._state = IDLE if self.reusable else DONE
         self.busy = False
         if sink is not None:
             sink.body_done(complete, reason)

@@ -12,7 +12,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from llamaswap.logs import LogMonitor
+from llamaswap.observe.logs import LogMonitor
 
 MAX_LINE_BYTES = 16 * 1024
 TAIL_LINES = 20

@@ -1,5 +1,6 @@
 """
-Server-Sent Events framing.
+Server-Sent Events framing: the one writer behind the event stream, the
+loading-state messages and the error event that ends a broken stream.
 """
 
 from __future__ import annotations
@@ -8,9 +9,12 @@ import json
 from typing import Any
 
 
-def sse_message(payload: Any, event: str = "message") -> bytes:
+def sse_event(payload: Any, event: str | None = None) -> bytes:
     """
-    One SSE message carrying C{payload} as JSON, framed like the original
-    (C{event:message} and C{data:...} without a space after the colon).
+    One SSE event whose data is C{payload} as JSON (on one line, so it
+    needs no splitting), optionally with an C{event:} name.
     """
-    return b"event:" + event.encode() + b"\ndata:" + json.dumps(payload, ensure_ascii=False).encode("utf-8") + b"\n\n"
+    data = b"data: " + json.dumps(payload, ensure_ascii=False).encode("utf-8") + b"\n\n"
+    if event is None:
+        return data
+    return b"event: " + event.encode("utf-8") + b"\n" + data

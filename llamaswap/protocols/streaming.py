@@ -96,7 +96,7 @@ class BoundedStream:
         self.closed = True
         self._pending.clear()
         self._pending_bytes = 0
-        if not self.request._disconnected:
+        if not self.request.gone:
             self.request.unregisterProducer()
             if finish and not self.request.finished:
                 self.request.finish()

@@ -39,7 +39,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.web import resource, server
 from zope.interface import implementer
 
-from llamaswap.multipart import InvalidForm, boundary_of, form_value, parse_fields
+from llamaswap.http.multipart import InvalidForm, boundary_of, form_value, parse_fields
 
 
 @implementer(IPushProducer)
@@ -129,8 +129,11 @@ class FakeUpstream(resource.Resource):
         body = request.content.read() if request.content is not None else b""
         wait = self._float(request, self._json(body), "wait", 0)
         if wait > 0:
+            gone = []
+            request.notifyFinish().addErrback(gone.append)
+
             def later():
-                if not request._disconnected:
+                if not gone:
                     result = handler(self, request, body)
                     if result is not server.NOT_DONE_YET:
                         request.write(result)

@@ -48,7 +48,7 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self):
-        from llamaswap.listen import ListenError, endpoint_description
+        from llamaswap.http.listen import ListenError, endpoint_description
 
         try:
             self["endpoint"] = endpoint_description(
@@ -70,7 +70,7 @@ class LlamaswapServiceMaker:
 
     def makeService(self, options):
         from llamaswap.config import ConfigError, load_config
-        from llamaswap.demo import DEMO_NOTICE, demo_config
+        from llamaswap.config.demo import DEMO_NOTICE, demo_config
         from llamaswap.service import LlamaswapService
 
         notes: tuple[str, ...] = ()

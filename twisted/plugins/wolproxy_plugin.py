@@ -27,7 +27,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
-        from llamaswap.listen import ListenError, endpoint_description
+        from llamaswap.http.listen import ListenError, endpoint_description
         from llamaswap.wolproxy import (
             LOG_LEVELS,
             parse_host_port,

@@ -1,0 +1,25 @@
+"""
+The configuration language: YAML in, immutable records out, and every rule
+and error message of it.
+
+    - L{records}: the immutable records the rest of llamaswap reads
+    - L{loader}: validation and defaults (C{load_config}, C{parse_config})
+    - L{macros}: C{${name}} substitution
+    - L{changes}: what a reload changes, model by model
+    - L{watcher}: noticing that the file changed
+    - L{demo}: the built-in demo configuration
+"""
+
+from llamaswap.config.changes import changed_models
+from llamaswap.config.loader import load_config, parse_config
+from llamaswap.config.records import Config, ConfigError, GroupConfig, ModelConfig
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "GroupConfig",
+    "ModelConfig",
+    "changed_models",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,132 @@
+"""
+The one owner of a proxied request's path: admission by the scheduler, the
+wait for the model's server (keeping a streaming client company with the
+loading-state messages when asked to), the relay to the server, and the
+release of the request's lease once the relay is over, however it ends.
+
+Route functions parse the request and hand it here with the model it is
+for; everything between "which model" and "the answer has been relayed" is
+decided in this module, and every failure on the way becomes the HTTP
+status a client can act on.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+from twisted.web.iweb import IBodyProducer
+from twisted.web.server import Request
+
+from llamaswap.http.answers import error_response
+from llamaswap.http.client import UpstreamClient
+from llamaswap.http.loading import LoadingStream
+from llamaswap.http.proxy import ReverseProxyResource
+from llamaswap.models.manager import ModelManager
+from llamaswap.models.process import ProcessShutdown, StartFailed
+from llamaswap.observe.logs import ProxyLog
+from llamaswap.observe.metrics import MetricsObserver, MetricsStore
+from llamaswap.routing.scheduler import Lease, ShuttingDown, TooManyRequests
+
+
+class Gateway:
+    def __init__(
+        self,
+        models: ModelManager,
+        client: UpstreamClient,
+        metrics: MetricsStore,
+        log: ProxyLog,
+        clock,
+    ):
+        self.models = models
+        self.client = client
+        self.metrics = metrics
+        self.log = log
+        self.clock = clock
+
+    def forward(
+        self,
+        request: Request,
+        model_id: str,
+        body: bytes | IBodyProducer | None,
+        *,
+        path: bytes | None = None,
+        loading: bool = False,
+    ) -> bytes | Deferred:
+        """
+        Relay C{request} to C{model_id}'s server once it may be used.
+
+        @param body: the request body to send (maybe rewritten), or a
+            producer that streams it.
+        @param path: the path and query to request from the server
+            (default: the client's own).
+        @param loading: keep the client company with loading-state messages
+            if the model has to start first (a streaming chat request).
+        @return: an error body to send at once (429, 503), or a Deferred
+            firing with the resource that relays the answer (C{None} when
+            the answer was already written or nobody is listening any more).
+            Cancelling it -- the client went away -- leaves the queue.
+        """
+        try:
+            waiting = self.models.use(model_id)
+        except TooManyRequests:
+            return error_response(request, 429, "Too many requests")
+        except ShuttingDown as error:
+            return error_response(request, 503, str(error))
+        stream = None
+        if loading and not self.models.is_ready(model_id):
+            stream = LoadingStream(request, model_id, self.clock)
+
+        def ready(lease: Lease):
+            if request.gone:
+                lease.release()  # the client left just as its turn came
+                return None
+            if stream is not None:
+                stream.done()
+            return self._relay(request, model_id, lease, body, path, headers_sent=stream is not None)
+
+        def failed(failure: Failure):
+            if failure.check(CancelledError):
+                return None  # the client went away while waiting
+            code, message = self._describe_start_failure(model_id, failure)
+            if stream is not None:
+                stream.failed(message)
+                return None
+            return error_response(request, code, message)
+
+        return waiting.addCallbacks(ready, failed)
+
+    def _describe_start_failure(self, model_id: str, failure: Failure) -> tuple[int, str]:
+        if failure.check(ProcessShutdown, ShuttingDown):
+            message = str(failure.value)
+            if failure.check(ProcessShutdown):
+                message = f"llamaswap is shutting down: {message}"
+            return 503, message
+        if failure.check(StartFailed):
+            return 502, f"unable to start process: {failure.value}"
+        message = f"error starting model {model_id}: {failure.value}"
+        self.log.error(message)
+        return 502, message
+
+    def _relay(self, request: Request, model_id: str, lease: Lease, body, path, headers_sent: bool):
+        model = lease.process.config
+        target = path if path is not None else request.uri
+        url = (model.proxy.rstrip("/") + target.decode("latin-1")).encode("latin-1")
+        observer = None
+        if request.method == b"POST":
+            observer = MetricsObserver(
+                self.metrics,
+                model_id,
+                self.clock.seconds,
+                warn=self.log.debug,
+                path=request.path.decode("latin-1"),
+            )
+        return ReverseProxyResource(
+            self.client,
+            model_id,
+            url,
+            body,
+            log_error=self.log.error,
+            observer=observer,
+            on_done=lease.release,
+            headers_sent=headers_sent,
+        )

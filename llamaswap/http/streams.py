@@ -1,0 +1,106 @@
+"""
+The long-lived answers: the live log tail (C{/logs/stream}) and the event
+stream that feeds the web UI (C{/api/events}).
+
+Both start with what already happened (log history, model states, recent
+metrics), then follow the event bus.  A slow reader only loses its own
+oldest messages and is told how many (see L{BoundedStream}); the bus never
+waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.web.server import Request
+
+from llamaswap.observe.events import (
+    ConfigFileChanged,
+    EventBus,
+    LogData,
+    ProcessStateChanged,
+    TokenMetricsRecorded,
+)
+from llamaswap.observe.logs import Logs
+from llamaswap.observe.metrics import MetricsStore
+from llamaswap.protocols.sse import sse_event
+from llamaswap.protocols.streaming import BoundedStream
+
+LOG_SOURCES = {"": {"proxy", "upstream"}, "proxy": {"proxy"}, "upstream": {"upstream"}}
+
+
+def _no_buffering(request: Request, content_type: bytes) -> None:
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    request.setHeader(b"x-accel-buffering", b"no")
+
+
+def _follow(stream: BoundedStream, bus: EventBus, callback: Callable[[Any], None], *types: type) -> Deferred:
+    subscription = bus.subscribe(callback, *types, on_close=stream.close)
+    stream.on_close = subscription.cancel
+    return stream.done
+
+
+def stream_logs(request: Request, logs: Logs, bus: EventBus, name: str, history: bool) -> Deferred:
+    """
+    Tail the log called C{name} ("" for both), after its history unless
+    C{history} is false.  The caller checked that the name is known.
+    """
+    _no_buffering(request, b"text/plain")
+    sources = LOG_SOURCES[name]
+    stream = BoundedStream(
+        request,
+        dropped_notice=lambda count: f"[llamaswap: {count} log chunks dropped, the client was too slow]\n".encode(),
+    )
+    if history:
+        stream.send(logs.monitor(name).history())
+    request.write(b"")  # send the headers now, even before any log line
+
+    def on_log(event: LogData) -> None:
+        if event.source in sources:
+            stream.send(event.data)
+
+    return _follow(stream, bus, on_log, LogData)
+
+
+def stream_events(
+    request: Request,
+    logs: Logs,
+    bus: EventBus,
+    metrics: MetricsStore,
+    statuses: Callable[[], list[dict[str, Any]]],
+) -> Deferred:
+    """
+    The UI's feed: every message is an SSE event named C{message} whose
+    data is an envelope C{{"type": ..., "data": <JSON text>}}, as the
+    original sends them.
+    """
+    _no_buffering(request, b"text/event-stream")
+    request.setHeader(b"cache-control", b"no-cache")
+    request.setHeader(b"connection", b"keep-alive")
+    stream = BoundedStream(
+        request,
+        dropped_notice=lambda count: f": {count} events dropped, the client was too slow\n\n".encode(),
+    )
+
+    def envelope(kind: str, payload: Any) -> None:
+        stream.send(sse_event({"type": kind, "data": json.dumps(payload, ensure_ascii=False)}, "message"))
+
+    def log_data(source: str, data: bytes) -> None:
+        envelope("logData", {"data": data.decode("utf-8", "replace"), "source": source})
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, (ProcessStateChanged, ConfigFileChanged)):
+            envelope("modelStatus", statuses())
+        elif isinstance(event, LogData):
+            log_data(event.source, event.data)
+        elif isinstance(event, TokenMetricsRecorded):
+            envelope("metrics", [event.metrics.to_json()])
+
+    log_data("proxy", logs.proxy_monitor.history())
+    log_data("upstream", logs.upstream.history())
+    envelope("modelStatus", statuses())
+    envelope("metrics", [item.to_json() for item in metrics.all()])
+    return _follow(stream, bus, on_event, ProcessStateChanged, ConfigFileChanged, LogData, TokenMetricsRecorded)

@@ -1,0 +1,152 @@
+"""
+Log monitors: what C{/logs}, C{/logs/stream} and the UI show.
+
+There are two sources -- C{proxy} (llamaswap's own messages) and
+C{upstream} (everything the model servers print) -- plus their combination.
+Each keeps a bounded history of its most recent output, publishes every new
+piece on the event bus as L{LogData}, and copies its lines to Twisted's log
+(stdout with C{twistd -n}, the log file when daemonised).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Callable
+
+from twisted.logger import Logger, LogLevel
+
+from llamaswap.observe.events import EventBus, LogData
+from llamaswap.observe.timestamps import format_timestamp
+
+HISTORY_BYTES = 10 * 1024
+LEVELS = {"debug": 0, "info": 1, "warn": 2, "error": 3}
+_TWISTED_LEVELS = {
+    "debug": LogLevel.info,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+}
+
+
+class History:
+    """
+    The last C{limit} bytes written, kept as the pieces they were written in
+    (a piece larger than the limit is cut to its tail).
+    """
+
+    def __init__(self, limit: int = HISTORY_BYTES):
+        self.limit = limit
+        self._pieces: deque[bytes] = deque()
+        self._size = 0
+
+    def append(self, data: bytes) -> None:
+        if len(data) > self.limit:
+            data = data[-self.limit :]
+        self._pieces.append(data)
+        self._size += len(data)
+        while self._size > self.limit:
+            self._size -= len(self._pieces.popleft())
+
+    def get(self) -> bytes:
+        return b"".join(self._pieces)
+
+
+class LogMonitor:
+    """
+    One log source: bounded history, live publication, a copy to Twisted's
+    log, and optionally a parent (the combined log) that sees it all too.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        bus: EventBus | None = None,
+        parent: LogMonitor | None = None,
+        history_bytes: int = HISTORY_BYTES,
+        echo: bool = True,
+    ):
+        self.source = source
+        self.bus = bus
+        self.parent = parent
+        self._history = History(history_bytes)
+        self._log = Logger(namespace=source) if echo else None
+
+    def write(self, data: bytes, level: str = "info") -> None:
+        if not data:
+            return
+        self._history.append(data)
+        if self._log is not None:
+            twisted_level = _TWISTED_LEVELS[level]
+            for line in data.decode("utf-8", "replace").splitlines():
+                self._log.emit(twisted_level, "{line}", line=line)
+        if self.bus is not None:
+            self.bus.publish(LogData(self.source, data))
+        if self.parent is not None:
+            self.parent._history.append(data)
+
+    def history(self) -> bytes:
+        return self._history.get()
+
+
+class ProxyLog:
+    """
+    llamaswap's own leveled messages: C{[LEVEL] message}, optionally
+    prefixed with a timestamp in one of the named formats.
+    """
+
+    def __init__(
+        self,
+        monitor: LogMonitor,
+        level: str = "info",
+        time_format: str = "",
+        clock: Callable[[], float] = time.time,
+    ):
+        self.monitor = monitor
+        self.configure(level, time_format)
+        self._clock = clock
+
+    def configure(self, level: str, time_format: str) -> None:
+        self.level = LEVELS.get(level, LEVELS["info"])
+        self.time_format = time_format
+
+    def enabled(self, level: str) -> bool:
+        return LEVELS[level] >= self.level
+
+    def log(self, level: str, message: str) -> None:
+        if LEVELS[level] < self.level:
+            return
+        stamp = ""
+        if self.time_format:
+            stamp = format_timestamp(self.time_format, self._clock()) + " "
+        self.monitor.write(f"{stamp}[{level.upper()}] {message}\n".encode(), level)
+
+    def debug(self, message: str) -> None:
+        self.log("debug", message)
+
+    def info(self, message: str) -> None:
+        self.log("info", message)
+
+    def warn(self, message: str) -> None:
+        self.log("warn", message)
+
+    def error(self, message: str) -> None:
+        self.log("error", message)
+
+
+class Logs:
+    """
+    The three monitors of one running service.
+    """
+
+    def __init__(self, bus: EventBus | None, level: str = "info", time_format: str = ""):
+        self.combined = LogMonitor("all", None, echo=False)
+        self.proxy_monitor = LogMonitor("proxy", bus, parent=self.combined)
+        self.upstream = LogMonitor("upstream", bus, parent=self.combined)
+        self.proxy = ProxyLog(self.proxy_monitor, level, time_format)
+
+    def monitor(self, name: str) -> LogMonitor | None:
+        """
+        The monitor behind a C{/logs/stream/<name>} path ("" is combined).
+        """
+        return {"": self.combined, "proxy": self.proxy_monitor, "upstream": self.upstream}.get(name)

@@ -1,0 +1,223 @@
+"""
+Token metrics: what each successful inference response cost and how fast
+it was, taken from the response's C{usage} and, when the server is
+llama.cpp, its more precise C{timings}.
+
+The original copies every response body into memory and parses it at the
+end.  Here the response is inspected as it streams past: for an SSE stream
+only the current line and the last event carrying usage or timings are
+kept, so memory per stream stays constant however long the answer; a plain
+JSON answer is kept up to L{MAX_JSON_BODY} bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any, Callable
+
+from attrs import asdict, evolve, frozen
+from twisted.web.http_headers import Headers
+
+from llamaswap.observe.events import EventBus, TokenMetricsRecorded
+from llamaswap.observe.timestamps import rfc3339_now
+from llamaswap.observe.usage import SSEUsageScanner, usage_of
+
+MAX_JSON_BODY = 8 * 1024 * 1024
+
+
+@frozen
+class TokenMetrics:
+    id: int
+    timestamp: str
+    model: str
+    cache_tokens: int
+    input_tokens: int
+    output_tokens: int
+    prompt_per_second: float
+    tokens_per_second: float
+    duration_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _number(value: Any, default: float = 0) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def metrics_from(document: Any, model: str, duration_ms: int, timestamp: str) -> TokenMetrics | None:
+    """
+    Build metrics from one JSON document (a response, or the last SSE
+    event with usage), or C{None} when it carries neither usage nor timings.
+
+    Rules of the original: tokens from C{usage}; when C{timings} is present
+    (llama.cpp) its counts, speeds and durations win; unknown values are -1.
+    """
+    if not isinstance(document, dict):
+        return None
+    usage = document.get("usage")
+    timings = document.get("timings")
+    usage = usage if isinstance(usage, dict) else None
+    timings = timings if isinstance(timings, dict) else None
+    if usage is None and timings is None:
+        return None
+    cache_tokens = -1
+    input_tokens = output_tokens = 0
+    prompt_per_second = tokens_per_second = -1.0
+    if usage is not None:
+        output_tokens = int(_number(usage.get("completion_tokens")))
+        input_tokens = int(_number(usage.get("prompt_tokens")))
+    if timings is not None:
+        input_tokens = int(_number(timings.get("prompt_n")))
+        output_tokens = int(_number(timings.get("predicted_n")))
+        prompt_per_second = float(_number(timings.get("prompt_per_second")))
+        tokens_per_second = float(_number(timings.get("predicted_per_second")))
+        duration_ms = int(_number(timings.get("prompt_ms")) + _number(timings.get("predicted_ms")))
+        if "cache_n" in timings:
+            cache_tokens = int(_number(timings.get("cache_n"), -1))
+    return TokenMetrics(
+        id=-1,
+        timestamp=timestamp,
+        model=model,
+        cache_tokens=cache_tokens,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        prompt_per_second=prompt_per_second,
+        tokens_per_second=tokens_per_second,
+        duration_ms=duration_ms,
+    )
+
+
+class MetricsStore:
+    """
+    The newest C{limit} metrics, with sequential ids; each new one is
+    published on the bus.
+    """
+
+    def __init__(self, bus: EventBus | None, limit: int = 1000):
+        self._bus = bus
+        self._items: deque[TokenMetrics] = deque(maxlen=max(1, limit))
+        self._next_id = 0
+
+    def add(self, metrics: TokenMetrics) -> TokenMetrics:
+        metrics = evolve(metrics, id=self._next_id)
+        self._next_id += 1
+        self._items.append(metrics)
+        if self._bus is not None:
+            self._bus.publish(TokenMetricsRecorded(metrics))
+        return metrics
+
+    def resize(self, limit: int) -> None:
+        if limit != self._items.maxlen:
+            self._items = deque(self._items, maxlen=max(1, limit))
+
+    def all(self) -> list[TokenMetrics]:
+        return list(self._items)
+
+    def to_json(self) -> bytes:
+        return json.dumps([item.to_json() for item in self._items]).encode()
+
+
+class MetricsObserver:
+    """
+    Watches one proxied inference response and records its metrics if it
+    succeeded.
+    """
+
+    def __init__(
+        self,
+        store: MetricsStore,
+        model: str,
+        clock: Callable[[], float],
+        warn: Callable[[str], None] | None = None,
+        path: str = "",
+    ):
+        self._store = store
+        self._model = model
+        self._clock = clock
+        self._warn = warn
+        self._path = path
+        self._started = clock()
+        self._ok = False
+        self._scanner: SSEUsageScanner | None = None
+        self._body: list[bytes] | None = None
+        self._size = 0
+        self._first_generated: float | None = None
+        self._last_generated: float | None = None
+
+    def response_started(self, code: int, headers: Headers) -> None:
+        self._ok = code == 200
+        if not self._ok:
+            return
+        if headers.getRawHeaders(b"content-encoding"):
+            self._ok = False  # compressed: nothing we can read cheaply
+            return
+        content_type = headers.getRawHeaders(b"content-type", [b""])[0].lower()
+        if b"text/event-stream" in content_type:
+            self._scanner = SSEUsageScanner()
+        else:
+            self._body = []
+
+    def data_received(self, data: bytes) -> None:
+        if not self._ok:
+            return
+        if self._scanner is not None:
+            if self._scanner.feed(data):
+                now = self._clock()
+                if self._first_generated is None:
+                    self._first_generated = now
+                self._last_generated = now
+        elif self._body is not None:
+            self._size += len(data)
+            if self._size > MAX_JSON_BODY:
+                self._body = None
+            else:
+                self._body.append(data)
+
+    def _derived(self, duration_ms: int) -> TokenMetrics:
+        """
+        Metrics for a stream without usage (llama-cpp-python's server, for
+        one): each event with generated text is one generated token, and
+        the speed is measured between the first and the last of them; the
+        prompt side is unknown (-1).
+        """
+        generated = self._scanner.generated_events
+        span = (self._last_generated or 0) - (self._first_generated or 0)
+        return TokenMetrics(
+            id=-1,
+            timestamp=rfc3339_now(),
+            model=self._model,
+            cache_tokens=-1,
+            input_tokens=-1,
+            output_tokens=generated,
+            prompt_per_second=-1.0,
+            tokens_per_second=round((generated - 1) / span, 2) if generated > 1 and span > 0 else -1.0,
+            duration_ms=duration_ms,
+        )
+
+    def response_ended(self, complete: bool) -> None:
+        if not (self._ok and complete):
+            return
+        duration_ms = round((self._clock() - self._started) * 1000)
+        document: Any = None
+        if self._scanner is not None:
+            self._scanner.close()
+            document = self._scanner.last
+        elif self._body:
+            document = usage_of(b"".join(self._body))
+        metrics = metrics_from(document, self._model, duration_ms, rfc3339_now())
+        if metrics is None and self._scanner is not None and self._scanner.generated_events:
+            metrics = self._derived(duration_ms)
+        if metrics is None:
+            if self._warn is not None:
+                self._warn(f"metrics skipped for {self._model}: no usage or timings in the response {self._path}")
+            return
+        self._store.add(metrics)

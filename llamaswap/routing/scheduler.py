@@ -1,0 +1,250 @@
+"""
+Where a swap is decided.
+
+Every request first asks the L{Scheduler} for a L{Lease} on its model.  The
+scheduler admits it at once when nothing that conflicts with the model is
+running (the conflicts come from the groups, L{llamaswap.routing.groups});
+otherwise the request waits in a first-come-first-served queue while the
+conflicting models are drained -- they stop accepting new requests, finish
+the ones in flight, and are stopped -- and is admitted as soon as they are
+gone.
+
+Because admission and draining are decided in one place, on the reactor
+thread, a request can never reach a model that is being swapped out, and a
+model is never stopped under a request that was admitted to it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterable
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred
+
+from llamaswap.config import Config, ModelConfig
+from llamaswap.models.process import (
+    READY,
+    STARTING,
+    STOPPING,
+    ModelProcess,
+    StartFailed,
+)
+from llamaswap.observe.logs import Logs
+from llamaswap.routing.groups import conflicts
+
+
+class TooManyRequests(Exception):
+    """
+    The model already has as many requests as its concurrencyLimit allows.
+    """
+
+
+class ShuttingDown(Exception):
+    """
+    The service is stopping and takes no new requests.
+    """
+
+
+def _port(model: ModelConfig) -> tuple[str, int]:
+    parts = urlsplit(model.proxy)
+    return (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+
+
+class Lease:
+    """
+    One request's permission to use a model; release it when the response
+    is over (releasing twice is harmless).
+    """
+
+    def __init__(self, scheduler: Scheduler, process: ModelProcess):
+        self._scheduler = scheduler
+        self.process = process
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.process.release()
+            self._scheduler._pump()
+
+
+class _Waiter:
+    def __init__(self, model_id: str):
+        self.model_id = model_id
+        self.deferred: Deferred = Deferred(self._cancelled)
+        self.scheduler: Scheduler | None = None
+
+    def _cancelled(self, _: Deferred) -> None:
+        if self.scheduler is not None:
+            self.scheduler._forget(self)
+
+
+class Scheduler:
+    """
+    Admits requests to models and drains conflicting models first.
+    """
+
+    def __init__(self, config: Config, processes: dict[str, ModelProcess], logs: Logs):
+        self.processes = processes
+        self._logs = logs
+        self._conflicts = conflicts(config)
+        self._queue: deque[_Waiter] = deque()
+        self._draining: set[str] = set()
+        # Processes of an earlier configuration, finishing their requests.
+        self._retiring: list[ModelProcess] = []
+        self._closed = False
+        self._pumping = False
+        self._again = False
+
+    def close(self) -> None:
+        """
+        Refuse new requests and fail the waiting ones (service shutdown).
+        """
+        self._closed = True
+        waiting, self._queue = self._queue, deque()
+        for waiter in waiting:
+            waiter.scheduler = None
+            waiter.deferred.errback(ShuttingDown("llamaswap is shutting down"))
+
+    def request(self, model_id: str) -> Deferred:
+        """
+        Ask to use C{model_id}.
+
+        @return: a Deferred firing with a L{Lease} once the model may be used
+            (cancel it if the client goes away while waiting).
+        @raise TooManyRequests: at once, when the model's concurrency limit
+            is reached.
+        @raise ShuttingDown: when the service is stopping.
+        """
+        if self._closed:
+            raise ShuttingDown("llamaswap is shutting down")
+        process = self.processes[model_id]
+        waiting = sum(1 for waiter in self._queue if waiter.model_id == model_id)
+        if process.inflight + waiting >= process.config.max_concurrency:
+            raise TooManyRequests(f"Too many requests for model {model_id}")
+        waiter = _Waiter(model_id)
+        waiter.scheduler = self
+        self._queue.append(waiter)
+        self._pump()
+        return waiter.deferred
+
+    def reconfigure(self, config: Config, processes: dict[str, ModelProcess], retiring: list[ModelProcess]) -> None:
+        """
+        Switch to a new configuration.  C{retiring} processes (of removed or
+        changed models) take no new requests; until they have stopped, a
+        model with the same id or port is not started.
+        """
+        self.processes = processes
+        self._conflicts = conflicts(config)
+        self._retiring.extend(retiring)
+        for waiter in list(self._queue):
+            if waiter.model_id not in processes:
+                self._queue.remove(waiter)
+                waiter.scheduler = None
+                waiter.deferred.errback(
+                    StartFailed(f"model {waiter.model_id} was removed from the configuration")
+                )
+        self._pump()
+
+    def retired(self, process: ModelProcess) -> None:
+        """
+        A retiring process has stopped for good.
+        """
+        if process in self._retiring:
+            self._retiring.remove(process)
+        self._pump()
+
+    def _held_by_retiring(self, model_id: str) -> bool:
+        address = _port(self.processes[model_id].config)
+        for old in self._retiring:
+            if old.state not in (STARTING, READY, STOPPING) and not old.inflight:
+                continue
+            if old.id == model_id or _port(old.config) == address:
+                return True
+        return False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        waiter.scheduler = None
+        try:
+            self._queue.remove(waiter)
+        except ValueError:
+            return
+        self._pump()
+
+    def process_changed(self, process: ModelProcess, new_state: str) -> None:
+        """
+        A model process (current or retiring) changed state.  Only one that
+        stopped (or is stopping) can unblock a waiting request.
+        """
+        if new_state not in (STARTING, READY):
+            self._pump()
+
+    def _active(self, model_id: str) -> bool:
+        process = self.processes[model_id]
+        return process.inflight > 0 or process.state in (STARTING, READY, STOPPING)
+
+    def _pump(self) -> None:
+        """
+        Admit every waiting request that can run now, in arrival order, and
+        drain whatever stands in the way of the others.
+
+        Admitting or stopping can call back into the scheduler; such nested
+        calls only ask for another round, so every decision is made on a
+        consistent view.
+        """
+        if self._closed:
+            return
+        if self._pumping:
+            self._again = True
+            return
+        self._pumping = True
+        try:
+            self._again = True
+            while self._again and not self._closed:
+                self._again = False
+                self._pump_once()
+        finally:
+            self._pumping = False
+
+    def _pump_once(self) -> None:
+        reserved: set[str] = set()
+        drain: set[str] = set()
+        admitted: list[tuple[_Waiter, ModelProcess]] = []
+        for waiter in list(self._queue):
+            model_id = waiter.model_id
+            blockers = {other for other in self._conflicts[model_id] if self._active(other)}
+            held = bool(self._retiring) and self._held_by_retiring(model_id)
+            if not blockers and not held and model_id not in reserved and model_id not in drain:
+                self._queue.remove(waiter)
+                waiter.scheduler = None
+                process = self.processes[model_id]
+                process.acquire()  # from here on the model counts as active
+                admitted.append((waiter, process))
+                continue
+            reserved |= self._conflicts[model_id]
+            drain |= blockers
+        for model_id in sorted(drain - self._draining):
+            self._logs.proxy.debug(f"<{model_id}> draining: another model needs the machine")
+        self._draining = drain
+        for model_id in sorted(drain):
+            process = self.processes[model_id]
+            if process.inflight == 0 and process.state in (STARTING, READY):
+                self._logs.proxy.info(f"<{model_id}> stopping to make room for another model")
+                process.stop()
+        for waiter, process in admitted:
+            waiter.deferred.callback(Lease(self, process))
+
+    def is_draining(self, model_id: str) -> bool:
+        return model_id in self._draining
+
+    def stop_all(self, models: Iterable[str] | None = None) -> list[Deferred]:
+        """
+        Stop the given (or all) models right away, in-flight requests or not.
+        """
+        ids = self.processes if models is None else models
+        return [self.processes[model_id].stop() for model_id in ids]

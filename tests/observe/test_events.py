@@ -1,0 +1,205 @@
+"""
+The event bus, bounded streaming to slow clients, and /api/events.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Protocol
+from twisted.web.client import Agent
+from twisted.web.test.requesthelper import DummyRequest
+
+from llamaswap.observe.events import (
+    EventBus,
+    LogData,
+    ModelPreloaded,
+    ProcessStateChanged,
+)
+from llamaswap.protocols.streaming import BoundedStream
+from tests.helpers import fake, sleep
+
+
+def test_bus_delivers_by_type_in_order():
+    bus = EventBus()
+    everything, states = [], []
+    bus.subscribe(everything.append)
+    bus.subscribe(states.append, ProcessStateChanged)
+    events = [ProcessStateChanged("m", "stopped", "starting"), LogData("proxy", b"x"), ModelPreloaded("m", True)]
+    for event in events:
+        bus.publish(event)
+    assert everything == events
+    assert states == events[:1]
+
+
+def test_failing_subscriber_does_not_stop_the_others():
+    bus = EventBus()
+    seen = []
+
+    def broken(event):
+        raise RuntimeError("boom")
+
+    bus.subscribe(broken)
+    bus.subscribe(seen.append)
+    bus.publish(LogData("proxy", b"x"))
+    assert seen == [LogData("proxy", b"x")]
+
+
+def test_cancel_and_close():
+    bus = EventBus()
+    seen, closed = [], []
+    subscription = bus.subscribe(seen.append, on_close=lambda: closed.append(1))
+    other = bus.subscribe(seen.append, on_close=lambda: closed.append(2))
+    subscription.cancel()
+    subscription.cancel()
+    bus.publish(LogData("proxy", b"x"))
+    assert len(seen) == 1
+    bus.startService()
+    bus.stopService()
+    assert closed == [2]
+    assert bus.subscriber_count == 0
+    assert not other.active
+
+
+class SlowRequest(DummyRequest):
+    """
+    A request whose client stopped reading: the transport paused us.
+    """
+
+    def __init__(self):
+        super().__init__([b""])
+        self.producer = None
+        self.gone = False
+
+    def lose_connection(self):
+        self.gone = True
+        for notification in self._finishedDeferreds:
+            notification.errback(Exception("connection lost"))
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+def test_slow_subscriber_loses_oldest_messages_and_is_told():
+    request = SlowRequest()
+    stream = BoundedStream(request, max_bytes=100, dropped_notice=lambda n: f"[{n} dropped]\n".encode())
+    stream.send(b"first\n")
+    assert request.written == [b"first\n"]
+    stream.pauseProducing()
+    for index in range(50):
+        stream.send(f"message {index:02d}\n".encode())  # 11 bytes each
+    assert stream.buffered_bytes <= 100
+    assert stream.dropped == 41
+    stream.resumeProducing()
+    assert request.written[1] == b"[41 dropped]\n"
+    assert request.written[2:] == [f"message {index:02d}\n".encode() for index in range(41, 50)]
+    assert stream.buffered_bytes == 0
+
+
+def test_stream_closes_on_client_disconnect():
+    request = SlowRequest()
+    closed = []
+    stream = BoundedStream(request, on_close=lambda: closed.append(True))
+    request.lose_connection()
+    assert stream.closed and closed == [True]
+    assert stream.done.called
+    stream.send(b"ignored")
+    assert request.written == []
+
+
+class Events(Protocol):
+    """
+    Parses an SSE stream of llamaswap envelopes.
+    """
+
+    def __init__(self):
+        self.buffer = b""
+        self.messages: list[dict] = []
+        self.done = Deferred()
+
+    def dataReceived(self, data):
+        self.buffer += data
+        while b"\n\n" in self.buffer:
+            block, self.buffer = self.buffer.split(b"\n\n", 1)
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    envelope = json.loads(line[5:])
+                    envelope["data"] = json.loads(envelope["data"])
+                    self.messages.append(envelope)
+
+    def connectionLost(self, reason):
+        self.done.callback(None)
+
+    def of_type(self, kind):
+        return [message["data"] for message in self.messages if message["type"] == kind]
+
+
+CONFIG = f"""
+models:
+  m:
+    cmd: {fake("m")}
+    name: "Model M"
+    description: "the only one"
+  hidden:
+    cmd: {fake("hidden")}
+    unlisted: true
+"""
+
+
+@inlineCallbacks
+def connect(server):
+    response = yield Agent(reactor).request(b"GET", (server.url + "/api/events").encode())
+    events = Events()
+    response.deliverBody(events)
+    return response, events
+
+
+@pytest_twisted.inlineCallbacks
+def test_events_stream_initial_state_and_load_unload_cycle(llamaswap):
+    server = llamaswap(CONFIG)
+    yield server.chat("m")  # one metric exists before we connect
+    yield server.get("/unload")
+    response, events = yield connect(server)
+    assert response.headers.getRawHeaders("content-type") == ["text/event-stream"]
+    assert response.headers.getRawHeaders("cache-control") == ["no-cache"]
+    assert response.headers.getRawHeaders("x-accel-buffering") == ["no"]
+    yield sleep(0.05)
+    kinds = [message["type"] for message in events.messages]
+    assert kinds == ["logData", "logData", "modelStatus", "metrics"]
+    assert [message["data"]["source"] for message in events.messages[:2]] == ["proxy", "upstream"]
+    assert "fake upstream m" in events.messages[1]["data"]["data"]
+    assert events.messages[2]["data"] == [
+        {"id": "hidden", "name": "", "description": "", "state": "stopped", "unlisted": True},
+        {"id": "m", "name": "Model M", "description": "the only one", "state": "stopped", "unlisted": False},
+    ]
+    assert len(events.messages[3]["data"]) == 1 and events.messages[3]["data"][0]["model"] == "m"
+    events.messages.clear()
+    yield server.chat("m")
+    yield server.get("/unload")
+    yield sleep(0.1)
+    states = [next(entry["state"] for entry in status if entry["id"] == "m") for status in events.of_type("modelStatus")]
+    assert states == ["starting", "ready", "stopping", "stopped"]
+    metrics = events.of_type("metrics")
+    assert len(metrics) == 1 and metrics[0][0]["id"] == 1
+    sources = {entry["source"] for entry in events.of_type("logData")}
+    assert sources == {"proxy", "upstream"}
+    subscribers = server.service.bus.subscriber_count
+    events.transport.stopProducing()
+    yield sleep(0.05)
+    assert server.service.bus.subscriber_count == subscribers - 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_events_stream_ends_on_shutdown(llamaswap):
+    server = llamaswap(CONFIG)
+    _, events = yield connect(server)
+    yield sleep(0.05)
+    yield server.service.stopService()
+    yield events.done
+    assert events.messages

@@ -1,0 +1,254 @@
+"""
+Token metrics: the parsing rules, the bounded store, and metrics of real
+proxied responses -- streamed or not, with and without llama.cpp timings --
+with constant memory for long streams.
+"""
+
+from __future__ import annotations
+
+import json
+
+import psutil
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.web.client import Agent, FileBodyProducer
+from twisted.web.http_headers import Headers
+
+from llamaswap.observe.events import EventBus, TokenMetricsRecorded
+from llamaswap.observe.metrics import (
+    MetricsObserver,
+    MetricsStore,
+    SSEUsageScanner,
+    metrics_from,
+)
+from tests.helpers import fake, json_of
+
+
+def test_usage_only():
+    metrics = metrics_from({"usage": {"prompt_tokens": 25, "completion_tokens": 10}}, "m", 123, "t")
+    assert (metrics.input_tokens, metrics.output_tokens, metrics.cache_tokens) == (25, 10, -1)
+    assert (metrics.prompt_per_second, metrics.tokens_per_second, metrics.duration_ms) == (-1, -1, 123)
+
+
+def test_timings_win_over_usage():
+    document = {
+        "usage": {"prompt_tokens": 50, "completion_tokens": 25},
+        "timings": {
+            "prompt_n": 100,
+            "predicted_n": 50,
+            "prompt_per_second": 150.5,
+            "predicted_per_second": 25.5,
+            "prompt_ms": 500.0,
+            "predicted_ms": 1500.0,
+            "cache_n": 20,
+        },
+    }
+    metrics = metrics_from(document, "m", 9, "t")
+    assert (metrics.input_tokens, metrics.output_tokens, metrics.cache_tokens) == (100, 50, 20)
+    assert (metrics.prompt_per_second, metrics.tokens_per_second, metrics.duration_ms) == (150.5, 25.5, 2000)
+
+
+def test_timings_without_cache_and_missing_fields():
+    metrics = metrics_from({"timings": {"prompt_n": 3, "predicted_n": 4}}, "m", 9, "t")
+    assert metrics.cache_tokens == -1
+    assert metrics.prompt_per_second == 0  # present timings, missing field: zero like the original
+    assert metrics.duration_ms == 0
+
+
+def test_nothing_to_measure():
+    assert metrics_from({"choices": []}, "m", 1, "t") is None
+    assert metrics_from([1, 2], "m", 1, "t") is None
+    assert metrics_from({"usage": None}, "m", 1, "t") is None
+
+
+def test_store_ids_and_bound():
+    bus = EventBus()
+    published = []
+    bus.subscribe(published.append, TokenMetricsRecorded)
+    store = MetricsStore(bus, limit=3)
+    template = metrics_from({"usage": {}}, "m", 1, "t")
+    for _ in range(5):
+        store.add(template)
+    assert [item.id for item in store.all()] == [2, 3, 4]
+    assert [event.metrics.id for event in published] == [0, 1, 2, 3, 4]
+    assert [item["id"] for item in json.loads(store.to_json())] == [2, 3, 4]
+    assert set(json.loads(store.to_json())[0]) == {
+        "id", "timestamp", "model", "cache_tokens", "input_tokens", "output_tokens",
+        "prompt_per_second", "tokens_per_second", "duration_ms",
+    }
+
+
+def test_scanner_finds_the_last_usage_event_across_chunk_boundaries():
+    stream = (
+        b'data: {"choices":[{"text":"First"}]}\n\n'
+        b'data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n'
+        b'data: {"choices":[{"text":"Second"}]}\n\n'
+        b'data: {"usage":{"prompt_tokens":100,"completion_tokens":50}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    for size in (1, 3, 7, 64, len(stream)):
+        scanner = SSEUsageScanner()
+        for start in range(0, len(stream), size):
+            scanner.feed(stream[start : start + size])
+        scanner.close()
+        assert scanner.last == {"usage": {"prompt_tokens": 100, "completion_tokens": 50}}, size
+
+
+def test_scanner_ignores_invalid_json_and_null_usage():
+    scanner = SSEUsageScanner()
+    scanner.feed(b'data: not json "usage"\n\ndata: {"usage": null, "choices": []}\n\ndata: [DONE]\n\n')
+    scanner.close()
+    assert scanner.last is None
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def observe(content_type: bytes, pieces, code=200, clock=None):
+    store = MetricsStore(None)
+    clock = clock or Clock()
+    observer = MetricsObserver(store, "m", clock)
+    observer.response_started(code, Headers({b"content-type": [content_type]}))
+    for piece in pieces:
+        observer.data_received(piece)
+    clock.now += 0.25
+    observer.response_ended(True)
+    return store.all()
+
+
+def test_observer_plain_json():
+    [metrics] = observe(b"application/json", [b'{"usage": {"prompt_tokens": 7, ', b'"completion_tokens": 3}}'])
+    assert (metrics.input_tokens, metrics.output_tokens, metrics.duration_ms) == (7, 3, 250)
+
+
+def test_stream_without_usage_derives_what_it_can():
+    clock = Clock()
+    store = MetricsStore(None)
+    observer = MetricsObserver(store, "m", clock)
+    observer.response_started(200, Headers({b"content-type": [b"text/event-stream"]}))
+    observer.data_received(b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\n')
+    for index in range(5):
+        clock.now += 0.1
+        observer.data_received(f'data: {{"choices":[{{"delta":{{"content":"tok{index}"}}}}]}}\n\n'.encode())
+    observer.data_received(b'data: {"choices":[{"delta":{"reasoning_content":"hmm"}}]}\n\n')
+    observer.data_received(b'data: {"choices":[{"delta":{"content":""},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    clock.now += 0.05
+    observer.response_ended(True)
+    [metrics] = store.all()
+    assert metrics.output_tokens == 5
+    assert (metrics.input_tokens, metrics.cache_tokens, metrics.prompt_per_second) == (-1, -1, -1)
+    assert metrics.tokens_per_second == 10.0  # 4 gaps over 0.4 s
+    assert metrics.duration_ms == 550
+
+
+def test_observer_skips_failures_and_garbage():
+    assert observe(b"application/json", [b'{"usage": {"prompt_tokens": 7}}'], code=500) == []
+    assert observe(b"application/json", [b"not json"]) == []
+    assert observe(b"text/event-stream", [b""]) == []
+
+
+# ---------------------------------------------------------------- through the proxy
+
+CONFIG = f"""
+models:
+  m:
+    cmd: {fake("m")}
+"""
+
+
+@pytest_twisted.inlineCallbacks
+def test_metrics_of_proxied_responses(llamaswap):
+    server = llamaswap(CONFIG)
+    yield server.chat("m")
+    yield server.post("/v1/chat/completions?no_timings=1", json={"model": "m"})
+    stream = yield server.chat("m", stream=True)
+    yield stream.content()
+    stream = yield server.post("/v1/chat/completions?no_timings=1&chunks=4", json={"model": "m", "stream": True})
+    yield stream.content()
+    yield server.post("/v1/chat/completions?no_timings=1&no_usage=1", json={"model": "m"})  # nothing to record
+    stream = yield server.post(
+        "/v1/chat/completions?no_timings=1&no_usage=1&chunks=6&delay=0.02", json={"model": "m", "stream": True}
+    )
+    yield stream.content()
+    yield server.post("/v1/embeddings", json={"model": "m", "input": ["abcdefgh"]})
+    metrics = yield json_of((yield server.get("/api/metrics")))
+    assert [item["id"] for item in metrics] == [0, 1, 2, 3, 4, 5]
+    plain_timed, plain, streamed_timed, streamed, derived, embeddings = metrics
+    assert derived["output_tokens"] == 6 and derived["input_tokens"] == -1
+    assert 20 < derived["tokens_per_second"] < 60  # chunks 20 ms apart
+    assert plain_timed["cache_tokens"] == 3 and plain_timed["tokens_per_second"] == 250.0
+    assert plain_timed["duration_ms"] == 52  # from timings: 12.5 + 40
+    assert plain["cache_tokens"] == -1 and plain["tokens_per_second"] == -1 and plain["output_tokens"] == 10
+    assert streamed_timed["output_tokens"] == 10 and streamed_timed["cache_tokens"] == 3
+    assert streamed["output_tokens"] == 4 and streamed["tokens_per_second"] == -1
+    assert embeddings["input_tokens"] == 2 and embeddings["output_tokens"] == 0
+    assert all(item["model"] == "m" for item in metrics)
+    assert all(item["timestamp"].endswith("Z") or "+" in item["timestamp"] for item in metrics)
+
+
+class Drain(Protocol):
+    def __init__(self):
+        self.size = 0
+        self.tail = b""
+        self.done = Deferred()
+
+    def dataReceived(self, data):
+        self.size += len(data)
+        self.tail = (self.tail + data)[-2000:]
+
+    def connectionLost(self, reason):
+        self.done.callback(None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_constant_memory_while_streaming_a_50mb_sse_response(llamaswap):
+    server = llamaswap(CONFIG)
+    yield server.chat("m")
+    me = psutil.Process()
+    before = me.memory_info().rss
+    body = json.dumps({"model": "m", "stream": True}).encode()
+    import io
+
+    response = yield Agent(reactor).request(
+        b"POST",
+        (server.url + "/v1/chat/completions?chunks=800&chunk_bytes=65536").encode(),
+        Headers({}),
+        FileBodyProducer(io.BytesIO(body)),
+    )
+    drain = Drain()
+    peak = [0]
+
+    def sample():
+        peak[0] = max(peak[0], me.memory_info().rss)
+
+    from twisted.internet.task import LoopingCall
+
+    sampler = LoopingCall(sample)
+    sampler.start(0.02)
+    response.deliverBody(drain)
+    yield drain.done
+    sampler.stop()
+    assert drain.size > 50 * 1024 * 1024
+    assert b"data: [DONE]" in drain.tail
+    assert peak[0] - before < 30 * 1024 * 1024, f"grew by {(peak[0] - before) >> 20} MB"
+    metrics = server.service.metrics.all()[-1]
+    assert metrics.output_tokens == 800
+
+
+def test_usage_is_found_without_parsing_the_whole_answer():
+    from llamaswap.observe.metrics import usage_of
+
+    body = (
+        b'{"choices":[{"message":{"content":"the \\"usage\\": {} key is not real"}}],'
+        b' "usage" : {"prompt_tokens": 3, "completion_tokens": 4}, "timings": {"predicted_n": 4}}'
+    )
+    assert usage_of(body) == {"usage": {"prompt_tokens": 3, "completion_tokens": 4}, "timings": {"predicted_n": 4}}
+    assert usage_of(b'{"choices": []}') is None
+    assert usage_of(b'not json "usage": {"prompt_tokens": 1}') is None
