@@ -20,6 +20,7 @@ from llamaswap.http.listen import ListeningService, display_url
 from llamaswap.http.routes import Routes
 from llamaswap.http.site import LlamaswapSite, RootResource
 from llamaswap.models.manager import ModelManager
+from llamaswap.models.process import ModelProcess
 from llamaswap.models.readiness import PROBE_CONNECT_TIMEOUT, http_probe
 from llamaswap.observe.events import ConfigFileChanged, EventBus
 from llamaswap.observe.logs import Logs
@@ -44,8 +45,8 @@ class LlamaswapService(MultiService):
 
     @param listen: a server endpoint description, or C{None} for no
         listener (in-memory tests connect to C{site} themselves).
-    @param endpoints: how model servers are reached (tests put in-memory
-        connections here).
+    @param endpoints: how model servers are reached, and C{process_factory}
+        how they are run (tests put in-memory ones here).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class LlamaswapService(MultiService):
         startup_notes: tuple[str, ...] = (),
         probe=None,
         endpoints: UpstreamEndpoints | None = None,
+        process_factory=ModelProcess,
     ):
         super().__init__()
         if reactor is None:
@@ -77,7 +79,9 @@ class LlamaswapService(MultiService):
         if probe is None:
             probe_endpoints = endpoints or UpstreamEndpoints(reactor, PROBE_CONNECT_TIMEOUT)
             probe = http_probe(plain_client(reactor, probe_endpoints), reactor)
-        self.manager = ModelManager(config, reactor=reactor, logs=self.logs, bus=self.bus, probe=probe)
+        self.manager = ModelManager(
+            config, reactor=reactor, logs=self.logs, bus=self.bus, probe=probe, process_factory=process_factory
+        )
         self.manager.setServiceParent(self)
         self.gateway = Gateway(self.manager, self.client, self.metrics, self.logs.proxy, reactor)
         self.routes = Routes(

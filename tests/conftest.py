@@ -14,6 +14,7 @@ from twisted.internet import reactor
 
 from llamaswap.config import parse_config
 from llamaswap.service import LlamaswapService
+from llamaswap.testing.harness import InMemoryLlamaswap
 from tests.helpers import Running, free_port_range
 
 
@@ -40,3 +41,22 @@ def llamaswap():
     for service in reversed(started):
         if service.running:
             pytest_twisted.blockon(service.stopService())
+
+
+@pytest.fixture
+def memory():
+    """
+    Start llamaswap in memory (see L{InMemoryLlamaswap}) with a
+    configuration text; stopped at the end of the test.
+    """
+    started: list[InMemoryLlamaswap] = []
+
+    def start(text: str, **kwargs) -> InMemoryLlamaswap:
+        world = InMemoryLlamaswap(text, **kwargs)
+        started.append(world)
+        return world
+
+    yield start
+    for world in reversed(started):
+        if world.service.running:
+            world.stop()

@@ -228,3 +228,24 @@ def wait_until(condition, timeout=5.0):
             raise AssertionError("condition not met in time")
         yield sleep(0.02)
         waited += 0.02
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, str, bytes]], boundary: str = "llamaswap-test-boundary"):
+    """
+    A multipart/form-data body and its content type, built by hand so a
+    test controls every byte (and needs no cooperator to send it).
+    """
+    parts = []
+    for name, value in fields.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + value.encode() + b"\r\n"
+        )
+    for name, (filename, content_type, data) in files.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"

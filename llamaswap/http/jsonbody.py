@@ -5,7 +5,9 @@ Only the top-level object is taken apart: C{model} and C{stream} are read,
 C{model} may be replaced (useModelName) and some keys removed
 (filters.stripParams).  Everything else -- key order, spacing, number
 formatting, a 50 MB base64 image -- is passed on byte for byte, and a body
-that needs no change is not re-encoded at all.
+that needs no change is not re-encoded at all.  A key given twice counts by
+its first occurrence, as in the original; when C{model} is replaced, every
+occurrence is.
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ class JsonRequestBody:
         strip = set(strip) - {"model"}
         members = self.members
         keep = [index for index, member in enumerate(members) if member.key not in strip]
-        model_member = next((m for m in members if m.key == "model"), None)
-        if len(keep) == len(members) and (model is None or model_member is None):
+        has_model = any(member.key == "model" for member in members)
+        if len(keep) == len(members) and (model is None or not has_model):
             return self.raw
         text = self.text
         pieces = [text[: members[0].start]]
@@ -68,7 +70,9 @@ class JsonRequestBody:
             if position:
                 # The separator that stood before this member in the original.
                 pieces.append(text[members[index - 1].end : member.start])
-            if member is model_member and model is not None:
+            if member.key == "model" and model is not None:
+                # Every "model" member: a duplicate must not reach the
+                # server with a name other than the one we routed by.
                 pieces.append(text[member.start : member.value_start])
                 pieces.append(json.dumps(model, ensure_ascii=False))
             else:

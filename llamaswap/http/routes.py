@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 from typing import Callable
+from urllib.parse import urlsplit
 
 from klein import Klein
-from twisted.python.filepath import FilePath, InsecurePath
+from twisted.python.filepath import FilePath
 from twisted.web.server import Request
-from twisted.web.static import File
 
 from llamaswap.http.answers import error_response, json_response, sized
 from llamaswap.http.bodies import spooled_body
@@ -26,6 +26,7 @@ from llamaswap.http.multipart import (
     replace_value,
 )
 from llamaswap.http.streams import LOG_SOURCES, stream_events, stream_logs
+from llamaswap.http.ui import UIFiles
 from llamaswap.models.manager import ModelManager
 from llamaswap.observe.events import EventBus
 from llamaswap.observe.logs import Logs
@@ -75,7 +76,7 @@ class Routes:
         self.logs = logs
         self.bus = bus
         self.metrics = metrics
-        self.static_dir = static_dir
+        self.ui_files = UIFiles(static_dir)
 
     def resource(self):
         return self.app.resource()
@@ -253,11 +254,7 @@ class Routes:
 
     @app.route("/favicon.ico", methods=["GET"])
     def favicon(self, request):
-        icon = self.static_dir.child("favicon.ico")
-        if not icon.isfile():
-            request.setResponseCode(404)
-            return sized(request, b"")
-        return sized(request, icon.getContent(), b"image/x-icon")
+        return self.ui_files.render(request, b"favicon.ico")
 
     @app.route("/ui", methods=["GET", "HEAD"], strict_slashes=False, endpoint="ui_root")
     def ui_root(self, request):
@@ -267,28 +264,32 @@ class Routes:
 
     @app.route("/ui/", methods=["GET", "HEAD"], branch=True, endpoint="ui_files")
     def ui(self, request):
-        relative = request.path[len(b"/ui") :].decode("utf-8", "replace").strip("/")
-        target = self.static_dir
-        try:
-            for segment in relative.split("/") if relative else []:
-                target = target.child(segment)
-        except InsecurePath:
-            request.setResponseCode(404)
-            return sized(request, b"")
-        if not target.isfile():
-            target = self.static_dir.child("index.html")  # client-side routes
-        if not target.isfile():
-            request.setResponseCode(404)
-            return sized(request, b"the web UI is not installed", TEXT)
-        request.postpath = []  # the file is found; nothing left to traverse
-        return File(target.path)
+        return self.ui_files.render(request, request.path[len(b"/ui/") :])
 
     @app.handle_errors(Exception)
-    def not_found(self, request, failure):
-        from werkzeug.exceptions import MethodNotAllowed, NotFound
+    def errors(self, request, failure):
+        """
+        Routing outcomes become their HTTP answers (a redirect the router
+        asks for -- say, to merge doubled slashes -- is sent as a redirect
+        to a path on this server); anything else is a bug, logged, and a
+        500 without details.
+        """
+        from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+        from werkzeug.routing import RequestRedirect
 
+        if failure.check(RequestRedirect):
+            target = urlsplit(failure.value.new_url)
+            request.setResponseCode(308)
+            request.setHeader(b"location", (target.path + ("?" + target.query if target.query else "")).encode())
+            return sized(request, b"")
         if failure.check(NotFound, MethodNotAllowed):
             request.setResponseCode(404)
             return sized(request, b"")
-        self.logs.proxy.error(f"internal error handling {request.method.decode()} {request.path.decode('latin-1')}: {failure.getErrorMessage()}")
+        if failure.check(HTTPException) and 400 <= (failure.value.code or 0) < 500:
+            request.setResponseCode(failure.value.code)
+            return sized(request, b"")
+        self.logs.proxy.error(
+            f"internal error handling {request.method.decode('latin-1')} "
+            f"{request.path.decode('latin-1')}: {failure.getErrorMessage()}"
+        )
         return error_response(request, 500, "internal error")

@@ -68,6 +68,8 @@ class FakeReactor(Clock):
         self.spawned: list[FakeProcessTransport] = []
         self._next_pid = 1000
         self.spawn_error: Exception | None = None
+        # Called with each new process transport: lets a test run it.
+        self.spawn_hook = None
 
     def spawnProcess(self, protocol, executable, args=(), env=None, path=None, uid=None, gid=None, usePTY=0, childFDs=None):
         if self.spawn_error is not None:
@@ -76,6 +78,8 @@ class FakeReactor(Clock):
         transport = FakeProcessTransport(self, protocol, executable, list(args), env, self._next_pid)
         protocol.makeConnection(transport)
         self.spawned.append(transport)
+        if self.spawn_hook is not None:
+            self.spawn_hook(transport)
         return transport
 
 

@@ -31,15 +31,28 @@ import os
 import signal
 import struct
 import sys
-import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
-from twisted.internet import reactor
-from twisted.internet.interfaces import IPushProducer
+from attrs import frozen
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.web import resource, server
 from zope.interface import implementer
 
 from llamaswap.http.multipart import InvalidForm, boundary_of, form_value, parse_fields
+
+
+@frozen
+class Host:
+    """
+    What the fake upstream needs from the process it runs in: a clock, an
+    environment, somewhere to print, and a way to exit at once.  A real
+    process gives the reactor and the OS; an in-memory test its own.
+    """
+
+    clock: IReactorTime
+    environ: Mapping[str, str]
+    print: Callable[[str], None]
+    exit: Callable[[int], None]
 
 
 @implementer(IPushProducer)
@@ -54,8 +67,9 @@ class _GeneratorProducer:
     chunk.)
     """
 
-    def __init__(self, request: server.Request, pieces: Iterator[bytes | float], say=None):
+    def __init__(self, request: server.Request, pieces: Iterator[bytes | float], clock: IReactorTime, say=None):
         self.request = request
+        self.clock = clock
         self.pieces = pieces
         self.sleeping = None
         self.paused = False
@@ -81,7 +95,7 @@ class _GeneratorProducer:
                 self.request.finish()
                 return
             if isinstance(piece, (int, float)):
-                self.sleeping = reactor.callLater(piece, self._wake)
+                self.sleeping = self.clock.callLater(piece, self._wake)
                 return
             self.request.write(piece)
 
@@ -105,16 +119,21 @@ class _GeneratorProducer:
 class FakeUpstream(resource.Resource):
     isLeaf = True
 
-    def __init__(self, options: argparse.Namespace):
+    def __init__(self, options: argparse.Namespace, host: Host):
         super().__init__()
         self.options = options
+        self.host = host
+        self.clock = host.clock
         self.respond = options.respond
-        self.healthy_at = time.monotonic() + options.unhealthy_for
+        self.healthy_at = self.clock.seconds() + options.unhealthy_for
         self.requests = 0
 
     def say(self, message: str) -> None:
         if not self.options.silent:
-            print(f"fake upstream {self.respond}: {message}", flush=True)
+            self.host.print(f"fake upstream {self.respond}: {message}")
+
+    def _producer(self, request, pieces) -> None:
+        _GeneratorProducer(request, pieces, self.clock, self.say)
 
     # ------------------------------------------------------------ plumbing
 
@@ -139,7 +158,7 @@ class FakeUpstream(resource.Resource):
                         request.write(result)
                         request.finish()
 
-            reactor.callLater(wait, later)
+            self.clock.callLater(wait, later)
             return server.NOT_DONE_YET
         return handler(self, request, body)
 
@@ -198,7 +217,7 @@ class FakeUpstream(resource.Resource):
     # ------------------------------------------------------------ health and info
 
     def health(self, request, body):
-        if time.monotonic() < self.healthy_at:
+        if self.clock.seconds() < self.healthy_at:
             return self._send_json(request, {"error": {"message": "Loading model", "code": 503}}, 503)
         return self._send_json(request, {"status": "ok"})
 
@@ -210,7 +229,7 @@ class FakeUpstream(resource.Resource):
         return self.respond.encode()
 
     def env(self, request, body):
-        return self._send_json(request, {"respond": self.respond, "env": dict(os.environ)})
+        return self._send_json(request, {"respond": self.respond, "env": dict(self.host.environ)})
 
     def fallback(self, request, body):
         request.setHeader(b"content-type", b"text/plain")
@@ -260,7 +279,7 @@ class FakeUpstream(resource.Resource):
             payload = {
                 "id": f"fake-{self.requests}",
                 "object": "chat.completion" if chat else "text_completion",
-                "created": int(time.time()),
+                "created": int(self.clock.seconds()),
                 "model": model,
                 "choices": [choice],
                 "content": text,
@@ -273,14 +292,14 @@ class FakeUpstream(resource.Resource):
             return self._send_json(request, payload)
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-cache")
-        _GeneratorProducer(request, self._stream(request, document, model, chat, chunks, prompt_tokens), self.say)
+        self._producer(request, self._stream(request, document, model, chat, chunks, prompt_tokens))
         return server.NOT_DONE_YET
 
     def _stream(self, request, document, model, chat, chunks, prompt_tokens):
         delay = self._float(request, document, "delay", 0)
         pad = int(self._float(request, document, "chunk_bytes", 0))
         die_after = int(self._float(request, document, "die_after", -1))
-        created = int(time.time())
+        created = int(self.clock.seconds())
         base = {
             "id": f"fake-{self.requests}",
             "object": "chat.completion.chunk" if chat else "text_completion",
@@ -290,8 +309,8 @@ class FakeUpstream(resource.Resource):
         }
         for index in range(chunks):
             if index == die_after:
-                sys.stdout.flush()
-                os._exit(3)
+                self.host.exit(3)
+                return
             text = f"{self.respond}-{index} "
             if pad > len(text):
                 text = text + "x" * (pad - len(text))
@@ -427,7 +446,7 @@ class FakeUpstream(resource.Resource):
                 yield echo[index : index + 1]
                 yield delay
 
-        _GeneratorProducer(request, pieces(), self.say)
+        self._producer(request, pieces())
         return server.NOT_DONE_YET
 
     def big(self, request, body):
@@ -447,12 +466,13 @@ class FakeUpstream(resource.Resource):
             sent = 0
             while sent < total:
                 if 0 <= die_at <= sent:
-                    os._exit(3)
+                    self.host.exit(3)
+                    return
                 piece = block[: min(chunk, total - sent)]
                 sent += len(piece)
                 yield piece
 
-        _GeneratorProducer(request, pieces(), self.say)
+        self._producer(request, pieces())
         return server.NOT_DONE_YET
 
     ROUTES = {
@@ -496,41 +516,82 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    options = parse_args(sys.argv[1:] if argv is None else argv)
+class FakeServer:
+    """
+    The life of one fake upstream server: it announces itself, listens
+    after C{--startup-delay}, crashes after C{--crash-after}, and exits on
+    SIGTERM unless told to ignore it.
 
-    def say(message: str) -> None:
-        if not options.silent:
-            print(message, flush=True)
+    @param listen: puts the site on C{options.host}:C{options.port}.
+    """
+
+    def __init__(self, options: argparse.Namespace, host: Host, listen: Callable[[server.Site], object]):
+        self.options = options
+        self.host = host
+        self._listen = listen
+        self.resource = FakeUpstream(options, host)
+        self.site = _QuietSite(self.resource, reactor=host.clock)
+        self._timers: list = []
+
+    def say(self, message: str) -> None:
+        if not self.options.silent:
+            self.host.print(f"fake upstream {self.options.respond}: {message}")
+
+    def start(self, pid: int) -> None:
+        options, clock = self.options, self.host.clock
+        self.say(f"starting, pid {pid}")
+        if options.crash_after is not None:
+            self._timers.append(clock.callLater(options.crash_after, self._crash))
+        self._timers.append(clock.callLater(options.startup_delay, self._start_listening))
+
+    def stop(self) -> None:
+        """
+        The process is gone: nothing it planned happens any more.
+        """
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+
+    def _start_listening(self) -> None:
+        self._listen(self.site)
+        self.say(f"listening on {self.options.host}:{self.options.port}")
+
+    def _crash(self) -> None:
+        self.say(f"crashing on purpose with code {self.options.exit_code}")
+        self.host.exit(self.options.exit_code)
+
+    def terminate(self) -> bool:
+        """
+        SIGTERM: returns whether the server goes away.
+        """
+        if self.options.ignore_sigterm:
+            self.say("ignoring SIGTERM")
+            return False
+        self.say("SIGTERM received, shutting down")
+        return True
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from twisted.internet import reactor
+
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    host = Host(reactor, os.environ, lambda message: print(message, flush=True), _exit_now)
+    fake = FakeServer(options, host, lambda site: reactor.listenTCP(options.port, site, interface=options.host))
 
     def on_sigterm(number, frame):
-        if options.ignore_sigterm:
-            say(f"fake upstream {options.respond}: ignoring SIGTERM")
-            return
-        say(f"fake upstream {options.respond}: SIGTERM received, shutting down")
-        reactor.callFromThread(reactor.stop)
+        if fake.terminate():
+            reactor.callFromThread(reactor.stop)
 
-    say(f"fake upstream {options.respond}: starting, pid {os.getpid()}")
     signal.signal(signal.SIGTERM, on_sigterm)
-    if options.crash_after is not None:
-        def crash():
-            say(f"fake upstream {options.respond}: crashing on purpose with code {options.exit_code}")
-            sys.stdout.flush()
-            os._exit(options.exit_code)
-
-        reactor.callLater(options.crash_after, crash)
-
-    site = _QuietSite(FakeUpstream(options))
-
-    def listen():
-        reactor.listenTCP(options.port, site, interface=options.host)
-        say(f"fake upstream {options.respond}: listening on {options.host}:{options.port}")
-
-    reactor.callLater(options.startup_delay, listen)
+    fake.start(os.getpid())
     reactor.run(installSignalHandlers=False)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":
     main()
-

@@ -1,44 +1,15 @@
 """
-The HTTP surface on real sockets: every route, error shape, rewriting, and
-the streaming proxy against the fake upstream.
+Every route, its answers and its error shapes, with llamaswap and its
+model servers in memory (see L{llamaswap.testing.harness}).
 """
 
 from __future__ import annotations
 
 import json
 
-import pytest_twisted
-import treq
-from twisted.internet.defer import gatherResults, succeed
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-from zope.interface import implementer
+import pytest
 
-from tests.helpers import PYTHON, fake, json_of, sleep, yaml_quote
-
-
-@implementer(IBodyProducer)
-class ChunkedBody:
-    """
-    A request body of unannounced length: sent with chunked encoding.
-    """
-
-    length = UNKNOWN_LENGTH
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def startProducing(self, consumer):
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self):
-        pass
-
-    def stopProducing(self):
-        pass
-
-
-BROKEN = yaml_quote(PYTHON + """ -c "import sys; print('cannot load weights'); sys.exit(4)" ${PORT}""")
+from tests.helpers import fake, multipart
 
 BASIC = f"""
 healthCheckTimeout: 15
@@ -67,7 +38,7 @@ models:
     cmd: {fake("limited")}
     concurrencyLimit: 1
   broken:
-    cmd: {BROKEN}
+    cmd: {fake("broken", "--crash-after", "0", "--exit-code", "4")}
 groups:
   free:
     swap: false
@@ -76,68 +47,62 @@ groups:
 """
 
 
-@pytest_twisted.inlineCallbacks
-def test_health_and_redirects(llamaswap):
-    server = llamaswap(BASIC)
-    response = yield server.get("/health")
-    assert response.code == 200
-    assert (yield response.text()) == "OK"
-    response = yield server.get("/", allow_redirects=False)
-    assert response.code == 302
-    assert response.headers.getRawHeaders("location") == ["/ui"]
-    response = yield server.get("/upstream", allow_redirects=False)
-    assert response.code == 302
-    assert response.headers.getRawHeaders("location") == ["/ui/models"]
-    response = yield server.get("/ui?x=1", allow_redirects=False)
-    assert response.code == 301
-    assert response.headers.getRawHeaders("location") == ["/ui/?x=1"]
+@pytest.fixture
+def server(memory):
+    return memory(BASIC)
 
 
-@pytest_twisted.inlineCallbacks
-def test_small_answers_have_a_content_length(llamaswap):
-    server = llamaswap(BASIC)
+def location(response) -> list[str]:
+    return response.headers.getRawHeaders("location")
+
+
+def test_health_and_redirects(server):
+    response, body = server.fetch("GET", "/health")
+    assert (response.code, body) == (200, b"OK")
+    response, _ = server.fetch("GET", "/", allow_redirects=False)
+    assert (response.code, location(response)) == (302, ["/ui"])
+    response, _ = server.fetch("GET", "/upstream", allow_redirects=False)
+    assert (response.code, location(response)) == (302, ["/ui/models"])
+    response, _ = server.fetch("GET", "/ui?x=1", allow_redirects=False)
+    assert (response.code, location(response)) == (301, ["/ui/?x=1"])
+
+
+def test_small_answers_have_a_content_length(server):
     for path in ("/health", "/v1/models", "/running", "/api/metrics", "/logs", "/nothing"):
-        response = yield server.get(path)
-        body = yield response.content()
+        response, body = server.fetch("GET", path)
         assert response.length == len(body), path  # not chunked
-    response = yield server.post("/v1/chat/completions", data=b"garbage")
-    assert response.length == len(b"missing or invalid 'model' key")
+    response, body = server.fetch("POST", "/v1/chat/completions", data=b"garbage")
+    assert response.length == len(b"missing or invalid 'model' key") == len(body)
 
 
-@pytest_twisted.inlineCallbacks
-def test_unknown_paths_and_methods_are_404(llamaswap):
-    server = llamaswap(BASIC)
+def test_unknown_paths_and_methods_are_404(server):
     for method, path in [("GET", "/nothing"), ("GET", "/v1/chat/completions"), ("DELETE", "/health")]:
-        response = yield server.request(method, path)
-        assert response.code == 404, path
-        assert (yield response.content()) == b""
+        response, body = server.fetch(method, path)
+        assert (response.code, body) == (404, b""), path
 
 
-@pytest_twisted.inlineCallbacks
-def test_list_models(llamaswap):
-    server = llamaswap(BASIC)
-    response = yield server.get("/v1/models", headers={"Origin": "i-am-the-origin"})
+def test_list_models(server):
+    response, body = server.fetch("GET", "/v1/models", headers={"Origin": "i-am-the-origin"})
     assert response.code == 200
     assert response.headers.getRawHeaders("access-control-allow-origin") == ["i-am-the-origin"]
-    body = yield json_of(response)
-    assert body["object"] == "list"
-    ids = [entry["id"] for entry in body["data"]]
+    listing = json.loads(body)
+    assert listing["object"] == "list"
+    ids = [entry["id"] for entry in listing["data"]]
     assert ids == ["broken", "limited", "model1", "model2", "renamed"]  # sorted, unlisted hidden
-    model1 = body["data"][2]
+    model1 = listing["data"][2]
     assert model1["object"] == "model"
     assert model1["owned_by"] == "llama-swap"
     assert model1["created"] > 0
     assert model1["name"] == "Model 1"
     assert model1["description"] == "the first"
-    port = server.service.config.models["model1"].proxy.rsplit(":", 1)[1]
+    port = server.config.models["model1"].proxy.rsplit(":", 1)[1]
     assert model1["meta"] == {"llamaswap": {"port": int(port), "note": "id model1"}}
-    model2 = body["data"][3]
+    model2 = listing["data"][3]
     assert "name" not in model2 and "description" not in model2 and "meta" not in model2
 
 
-@pytest_twisted.inlineCallbacks
-def test_list_models_with_aliases(llamaswap):
-    server = llamaswap(
+def test_list_models_with_aliases(memory):
+    server = memory(
         f"""
         includeAliasesInList: true
         models:
@@ -147,27 +112,24 @@ def test_list_models_with_aliases(llamaswap):
             aliases: [alias1]
         """
     )
-    body = yield json_of((yield server.get("/v1/models")))
-    assert [entry["id"] for entry in body["data"]] == ["alias1", "model1"]
-    assert body["data"][0]["name"] == body["data"][1]["name"] == "Model 1"
+    listing = json.loads(server.fetch("GET", "/v1/models")[1])
+    assert [entry["id"] for entry in listing["data"]] == ["alias1", "model1"]
+    assert listing["data"][0]["name"] == listing["data"][1]["name"] == "Model 1"
 
 
-@pytest_twisted.inlineCallbacks
-def test_chat_routes_by_model_and_alias(llamaswap):
-    server = llamaswap(BASIC)
+def test_chat_routes_by_model_and_alias(server):
     for requested, expected in [("model1", "model1"), ("alias1", "model1"), ("model2", "model2")]:
-        response = yield server.chat(requested)
+        response, body = server.chat(requested)
         assert response.code == 200
-        body = yield json_of(response)
-        assert body["responseMessage"] == expected
-    running = yield json_of((yield server.get("/running")))
-    assert running == {"running": [{"model": "model2", "state": "ready"}]}
+        assert json.loads(body)["responseMessage"] == expected
+    response, body = server.fetch("GET", "/running")
+    assert response.headers.getRawHeaders("content-type") == ["application/json"]
+    assert json.loads(body) == {"running": [{"model": "model2", "state": "ready"}]}
 
 
-@pytest_twisted.inlineCallbacks
-def test_every_inference_route_is_proxied(llamaswap):
-    server = llamaswap(BASIC)
-    paths = [
+@pytest.mark.parametrize(
+    "path",
+    [
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/embeddings",
@@ -177,97 +139,104 @@ def test_every_inference_route_is_proxied(llamaswap):
         "/reranking",
         "/infill",
         "/completion",
-    ]
-    for path in paths:
-        response = yield server.post(path, json={"model": "model1", "input": "x", "documents": ["a"]})
-        assert response.code == 200, path
-        body = yield json_of(response)
-        assert body["responseMessage"] == "model1", path
-    response = yield server.post("/v1/audio/speech", json={"model": "model1", "input": "hello"})
+    ],
+)
+def test_every_inference_route_is_proxied(server, path):
+    response, body = server.fetch("POST", path, json={"model": "model1", "input": "x", "documents": ["a"]})
+    assert response.code == 200, path
+    assert json.loads(body)["responseMessage"] == "model1"
+
+
+def test_speech_is_relayed_as_audio(server):
+    response, body = server.fetch("POST", "/v1/audio/speech", json={"model": "model1", "input": "hello"})
     assert response.code == 200
     assert response.headers.getRawHeaders("content-type") == ["audio/wav"]
-    assert (yield response.content()).startswith(b"RIFF")
+    assert body.startswith(b"RIFF")
 
 
-@pytest_twisted.inlineCallbacks
-def test_bad_requests(llamaswap):
-    server = llamaswap(BASIC)
-    cases = [
-        (b"not json", 400, "missing or invalid 'model' key"),
-        (b'{"model": ', 400, "missing or invalid 'model' key"),
-        (b"[1, 2]", 400, "missing or invalid 'model' key"),
-        (b'{"messages": []}', 400, "missing or invalid 'model' key"),
-        (b'{"model": 42}', 400, "missing or invalid 'model' key"),
-        (b'{"model": ""}', 400, "missing or invalid 'model' key"),
-        (b'{"model": "nope"}', 400, "could not find real modelID for nope"),
-    ]
-    for body, code, message in cases:
-        response = yield server.post("/v1/chat/completions", data=body)
-        assert response.code == code, body
-        assert response.headers.getRawHeaders("content-type") == ["text/plain; charset=utf-8"]
-        assert (yield response.text()) == message
-        response = yield server.post(
-            "/v1/chat/completions", data=body, headers={"Accept": "application/json"}
-        )
-        assert response.code == code
-        assert response.headers.getRawHeaders("content-type") == ["application/json; charset=utf-8"]
-        assert (yield json_of(response)) == {"error": message}
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"not json", "missing or invalid 'model' key"),
+        (b'{"model": ', "missing or invalid 'model' key"),
+        (b"[1, 2]", "missing or invalid 'model' key"),
+        (b'{"messages": []}', "missing or invalid 'model' key"),
+        (b'{"model": 42}', "missing or invalid 'model' key"),
+        (b'{"model": ""}', "missing or invalid 'model' key"),
+        (b"\xff\xfe not utf-8", "missing or invalid 'model' key"),
+        (b'{"model": "nope"}', "could not find real modelID for nope"),
+    ],
+)
+def test_bad_requests_as_text_and_as_json(server, body, message):
+    response, answer = server.fetch("POST", "/v1/chat/completions", data=body)
+    assert response.code == 400
+    assert response.headers.getRawHeaders("content-type") == ["text/plain; charset=utf-8"]
+    assert answer.decode() == message
+    response, answer = server.fetch(
+        "POST", "/v1/chat/completions", data=body, headers={"Accept": "application/json"}
+    )
+    assert response.code == 400
+    assert response.headers.getRawHeaders("content-type") == ["application/json; charset=utf-8"]
+    assert json.loads(answer) == {"error": message}
     assert server.service.manager.running_models() == []
 
 
-@pytest_twisted.inlineCallbacks
-def test_upstream_that_cannot_start_is_502_and_retried(llamaswap):
-    server = llamaswap(BASIC)
-    response = yield server.chat("broken")
+def test_upstream_that_cannot_start_is_502_and_retried(server):
+    response, body = server.chat("broken")
     assert response.code == 502
-    text = yield response.text()
+    text = body.decode()
     assert text.startswith("unable to start process: ")
     assert "exited with code 4" in text
-    assert "cannot load weights" in text
+    assert "crashing on purpose" in text  # the server's own last words
     assert server.state("broken") == "stopped"
-    response = yield server.chat("broken", )
+    response, _ = server.chat("broken")
     assert response.code == 502  # tried again, failed again
-    starts = [event for event in server.events if event.model == "broken" and event.new == "starting"]
-    assert len(starts) == 2
+    assert len([process for process in server.processes if "broken" in process.command]) == 2
 
 
-@pytest_twisted.inlineCallbacks
-def test_use_model_name_strip_params_and_content_length(llamaswap):
-    server = llamaswap(BASIC)
+def test_use_model_name_strip_params_and_content_length(server):
     body = b'{"model":"renamed", "temperature":0.1, "x_param":"123", "y_param":"abc", "top_p": 1}'
-    response = yield server.post("/v1/chat/completions", data=ChunkedBody(body))  # no Content-Length
+    response, answer = server.fetch("POST", "/v1/chat/completions", data=body)
     assert response.code == 200
-    echoed = yield json_of(response)
+    echoed = json.loads(answer)
     expected = b'{"model":"upstream-name", "x_param":"123", "y_param":"abc"}'
     assert echoed["request_body"] == expected.decode()
     assert echoed["h_content_length"] == str(len(expected))
 
 
-@pytest_twisted.inlineCallbacks
-def test_unchanged_body_is_forwarded_byte_for_byte(llamaswap):
-    server = llamaswap(BASIC)
-    body = b'{ "model" : "model1",\n  "x": "this is just some content to push the length out a bit" }'
-    echoed = yield json_of((yield server.post("/v1/chat/completions", data=body)))
+def test_chunked_request_body_is_forwarded_with_a_length(server):
+    body = b'{"model":"model1","x":1}'
+    client = server.connect()
+    client.transport.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    )
+    server.advance(1)
+    head, _, answer = client.received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    echoed = json.loads(answer)
     assert echoed["request_body"] == body.decode()
     assert echoed["h_content_length"] == str(len(body))
 
 
-@pytest_twisted.inlineCallbacks
-def test_concurrency_limit_429(llamaswap):
-    server = llamaswap(BASIC)
+def test_unchanged_body_is_forwarded_byte_for_byte(server):
+    body = b'{ "model" : "model1",\n  "x": "this is just some content to push the length out a bit" }'
+    echoed = json.loads(server.fetch("POST", "/v1/chat/completions", data=body)[1])
+    assert echoed["request_body"] == body.decode()
+    assert echoed["h_content_length"] == str(len(body))
+
+
+def test_concurrency_limit_429(server):
     slow = server.post("/v1/chat/completions?wait=1", json={"model": "limited"})
-    yield sleep(0.1)
-    response = yield server.chat("limited")
-    assert response.code == 429
-    assert (yield response.text()) == "Too many requests"
-    assert (yield slow).code == 200
+    server.advance(0.1)
+    response, body = server.chat("limited")
+    assert (response.code, body) == (429, b"Too many requests")
+    assert server.run(slow).code == 200
 
 
-@pytest_twisted.inlineCallbacks
-def test_cors_preflight(llamaswap):
-    server = llamaswap(BASIC)
-    response = yield server.request("OPTIONS", "/v1/chat/completions")
-    assert response.code == 204
+def test_cors_preflight(server):
+    response, body = server.fetch("OPTIONS", "/v1/chat/completions")
+    assert (response.code, body) == (204, b"")
     headers = response.headers
     assert headers.getRawHeaders("access-control-allow-origin") == ["*"]
     assert headers.getRawHeaders("access-control-allow-methods") == ["GET, POST, PUT, PATCH, DELETE, OPTIONS"]
@@ -275,148 +244,139 @@ def test_cors_preflight(llamaswap):
         "Content-Type, Authorization, Accept, X-Requested-With"
     ]
     assert headers.getRawHeaders("access-control-max-age") == ["86400"]
-    response = yield server.request(
+    response, _ = server.fetch(
         "OPTIONS", "/anything/at/all", headers={"Access-Control-Request-Headers": "X-Custom-Header, bad header, Some-Other"}
     )
     assert response.code == 204
     assert response.headers.getRawHeaders("access-control-allow-headers") == ["X-Custom-Header, Some-Other"]
 
 
-@pytest_twisted.inlineCallbacks
-def test_upstream_passthrough(llamaswap):
-    server = llamaswap(BASIC)
-    response = yield server.get("/upstream/model1/test")
-    assert response.code == 200
-    assert (yield response.text()) == "model1"
-    response = yield server.get("/upstream/alias1/test")
-    assert (yield response.text()) == "model1"
-    response = yield server.request("PUT", "/upstream/model2/echo/a%2Fb?x=1&y=2", data=b"payload")
-    echoed = yield json_of(response)
+def test_upstream_passthrough(server):
+    assert server.fetch("GET", "/upstream/model1/test")[1] == b"model1"
+    assert server.fetch("GET", "/upstream/alias1/test")[1] == b"model1"
+    response, body = server.fetch("PUT", "/upstream/model2/echo/a%2Fb?x=1&y=2", data=b"payload")
+    echoed = json.loads(body)
     assert echoed["method"] == "PUT"
     assert echoed["uri"] == "/echo/a%2Fb?x=1&y=2"
     assert echoed["body_length"] == 7
-    response = yield server.get("/upstream/nope/test")
-    assert response.code == 400
-    assert (yield response.text()) == "model id required in path"
+    response, body = server.fetch("GET", "/upstream/nope/test")
+    assert (response.code, body) == (400, b"model id required in path")
 
 
-@pytest_twisted.inlineCallbacks
-def test_upstream_model_ids_with_slashes(llamaswap):
-    server = llamaswap(
+def test_upstream_model_ids_with_slashes(memory):
+    server = memory(
         f"""
         models:
           author/model:F16:
             cmd: {fake("slashed")}
         """
     )
-    response = yield server.get("/upstream/author/model:F16/test")
-    assert (yield response.text()) == "slashed"
+    assert server.fetch("GET", "/upstream/author/model:F16/test")[1] == b"slashed"
 
 
-@pytest_twisted.inlineCallbacks
-def test_upstream_redirects_to_trailing_slash(llamaswap):
-    server = llamaswap(BASIC)
-    response = yield server.get("/upstream/model1?x=1", allow_redirects=False)
-    assert response.code == 301
-    assert response.headers.getRawHeaders("location") == ["/upstream/model1/?x=1"]
-    response = yield server.post("/upstream/model1", allow_redirects=False)
-    assert response.code == 308
-    assert response.headers.getRawHeaders("location") == ["/upstream/model1/"]
+def test_upstream_redirects_to_trailing_slash(server):
+    response, _ = server.fetch("GET", "/upstream/model1?x=1", allow_redirects=False)
+    assert (response.code, location(response)) == (301, ["/upstream/model1/?x=1"])
+    response, _ = server.fetch("POST", "/upstream/model1", allow_redirects=False)
+    assert (response.code, location(response)) == (308, ["/upstream/model1/"])
     assert server.state("model1") == "stopped"
 
 
-@pytest_twisted.inlineCallbacks
-def test_unload_endpoints(llamaswap):
-    server = llamaswap(BASIC)
-    yield server.chat("renamed")
-    yield server.chat("limited")
-    response = yield server.post("/api/models/unload/nope")
-    assert response.code == 404
-    assert (yield response.text()) == "Model not found"
-    response = yield server.post("/api/models/unload/renamed")
-    assert response.code == 200
-    assert (yield response.text()) == "OK"
+def test_unload_endpoints(server):
+    server.chat("renamed")
+    server.chat("limited")
+    response, body = server.fetch("POST", "/api/models/unload/nope")
+    assert (response.code, body) == (404, b"Model not found")
+    response, body = server.fetch("POST", "/api/models/unload/renamed")
+    assert (response.code, body) == (200, b"OK")
     assert server.state("renamed") == "stopped"
     assert server.state("limited") == "ready"
-    response = yield server.get("/unload")
-    assert (yield response.text()) == "OK"
+    assert server.fetch("GET", "/unload")[1] == b"OK"
     assert server.state("limited") == "stopped"
-    yield server.chat("model1")
-    response = yield server.post("/api/models/unload")
-    assert (yield json_of(response)) == {"msg": "ok"}
+    server.chat("model1")
+    assert json.loads(server.fetch("POST", "/api/models/unload")[1]) == {"msg": "ok"}
     assert server.state("model1") == "stopped"
 
 
-@pytest_twisted.inlineCallbacks
-def test_access_log_line(llamaswap):
-    server = llamaswap(BASIC)
-    yield server.get("/health", headers={"User-Agent": "test-agent/1.0"})
+def test_access_log_line(server):
+    server.fetch("GET", "/health", headers={"User-Agent": "test-agent/1.0"})
     history = server.service.logs.proxy_monitor.history().decode()
     line = [entry for entry in history.splitlines() if "GET /health" in entry][-1]
-    assert line.startswith("[INFO] Request 127.0.0.1 \"GET /health HTTP/1.1\" 200 2 \"test-agent/1.0\" ")
+    assert line.startswith('[INFO] Request 127.0.0.1 "GET /health HTTP/1.1" 200 2 "test-agent/1.0" ')
 
 
-@pytest_twisted.inlineCallbacks
-def test_streaming_chat_is_relayed_with_sse_headers(llamaswap):
-    server = llamaswap(BASIC)
-    response = yield server.chat("model1", stream=True)
+def test_streaming_chat_is_relayed_with_sse_headers(server):
+    response, body = server.chat("model1", stream=True)
     assert response.code == 200
     assert response.headers.getRawHeaders("x-accel-buffering") == ["no"]
     assert response.headers.getRawHeaders("content-type") == ["text/event-stream"]
-    text = yield response.text()
-    events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+    events = [line[6:] for line in body.decode().split("\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     contents = [json.loads(event)["choices"][0]["delta"].get("content") for event in events[:10]]
     assert contents == [f"model1-{index} " for index in range(10)]
 
 
-@pytest_twisted.inlineCallbacks
-def test_transcription_multipart(llamaswap):
-    server = llamaswap(BASIC)
+def test_transcription_multipart(server):
     audio = bytes(range(256)) * 4
-    response = yield treq.post(
-        server.url + "/v1/audio/transcriptions",
-        data={"model": "model1", "language": "en"},
-        files={"file": ("test.mp3", "audio/mpeg", __import__("io").BytesIO(audio))},
+    body, content_type = multipart({"model": "model1", "language": "en"}, {"file": ("test.mp3", "audio/mpeg", audio)})
+    response, answer = server.fetch(
+        "POST", "/v1/audio/transcriptions", data=body, headers={"Content-Type": content_type}
     )
     assert response.code == 200
-    body = yield json_of(response)
-    assert body["model"] == "model1"
-    assert body["filename"] == "test.mp3"
-    assert body["text"] == f"The length of the file is {len(audio)} bytes"
-    response = yield treq.post(
-        server.url + "/v1/audio/transcriptions",
-        data={"model": "renamed"},
-        files={"file": ("a.wav", "audio/wav", __import__("io").BytesIO(b"abc"))},
+    answer = json.loads(answer)
+    assert answer["model"] == "model1"
+    assert answer["filename"] == "test.mp3"
+    assert answer["text"] == f"The length of the file is {len(audio)} bytes"
+    body, content_type = multipart({"model": "renamed"}, {"file": ("a.wav", "audio/wav", b"abc")})
+    answer = json.loads(
+        server.fetch("POST", "/v1/audio/transcriptions", data=body, headers={"Content-Type": content_type})[1]
     )
-    body = yield json_of(response)
-    assert body["model"] == "upstream-name"
-    assert body["text"] == "The length of the file is 3 bytes"
-    assert int(body["h_content_length"]) > 0
-    response = yield treq.post(server.url + "/v1/audio/transcriptions", data={"language": "en"},
-                               files={"file": ("a.wav", "audio/wav", __import__("io").BytesIO(b"abc"))})
-    assert response.code == 400
-    assert (yield response.text()) == "missing or invalid 'model' parameter in form data"
-    response = yield server.post("/v1/audio/transcriptions", data=b"plain")
-    assert response.code == 400
+    assert answer["model"] == "upstream-name"
+    assert answer["text"] == "The length of the file is 3 bytes"
+    assert int(answer["h_content_length"]) == len(body) - len(b"renamed") + len(b"upstream-name")
 
 
-@pytest_twisted.inlineCallbacks
-def test_ui_files_and_fallback(llamaswap):
-    server = llamaswap(BASIC)
-    index = yield server.get("/ui/")
-    assert index.code == 200
-    html = yield index.text()
-    assert "<html" in html.lower() or "<!doctype" in html.lower()
-    deep = yield server.get("/ui/models/some/route")
-    assert (yield deep.text()) == html
-    traversal = yield server.get("/ui/../../etc/passwd")
-    assert "root:" not in (yield traversal.text())
+@pytest.mark.parametrize(
+    "body, content_type, message",
+    [
+        (
+            multipart({"language": "en"}, {"file": ("a.wav", "audio/wav", b"abc")})[0],
+            multipart({}, {})[1],
+            "missing or invalid 'model' parameter in form data",
+        ),
+        (b"plain", "text/plain", "error parsing multipart form: expected multipart/form-data, got text/plain"),
+        (b"plain", "multipart/form-data", "error parsing multipart form: the multipart boundary is missing"),
+        (
+            b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nmodel1",
+            "multipart/form-data; boundary=b",
+            "error parsing multipart form: the multipart body is truncated",
+        ),
+        (
+            multipart({"model": "nope"}, {})[0],
+            multipart({}, {})[1],
+            "could not find real modelID for nope",
+        ),
+    ],
+)
+def test_transcription_errors(server, body, content_type, message):
+    response, answer = server.fetch(
+        "POST", "/v1/audio/transcriptions", data=body, headers={"Content-Type": content_type}
+    )
+    assert (response.code, answer.decode()) == (400, message)
 
 
-@pytest_twisted.inlineCallbacks
-def test_parallel_requests_to_three_models_of_a_swap_group(llamaswap):
-    server = llamaswap(
+def test_ui_files_and_fallback(server):
+    response, html = server.fetch("GET", "/ui/")
+    assert response.code == 200
+    assert b"<!doctype" in html.lower()
+    assert server.fetch("GET", "/ui/models/some/route")[1] == html  # client-side routes
+    response, body = server.fetch("GET", "/ui/app.css")
+    assert response.headers.getRawHeaders("content-type")[0].startswith("text/css")
+    assert b"root:" not in server.fetch("GET", "/ui/../../etc/passwd")[1]
+
+
+def test_parallel_requests_to_three_models_of_a_swap_group(memory):
+    server = memory(
         f"""
         models:
           m1:
@@ -427,22 +387,58 @@ def test_parallel_requests_to_three_models_of_a_swap_group(llamaswap):
             cmd: {fake("m3")}
         """
     )
-    responses = yield gatherResults(
-        [server.post("/v1/chat/completions?wait=0.3", json={"model": name}) for name in ("m1", "m2", "m3")]
-    )
-    bodies = yield gatherResults([json_of(response) for response in responses])
+    waiting = [server.post("/v1/chat/completions?wait=0.3", json={"model": name}) for name in ("m1", "m2", "m3")]
+    bodies = [json.loads(server.run(server.run(request).content())) for request in waiting]
     assert [body["responseMessage"] for body in bodies] == ["m1", "m2", "m3"]
 
 
-@pytest_twisted.inlineCallbacks
-def test_favicon_and_wol_health(llamaswap):
-    server = llamaswap(BASIC)
-    response = yield server.get("/favicon.ico")
+def test_favicon_and_wol_health(server):
+    response, body = server.fetch("GET", "/favicon.ico")
     assert response.code == 200
     assert response.headers.getRawHeaders("content-type") == ["image/x-icon"]
-    assert (yield response.content()).startswith(b"\x00\x00\x01\x00")  # an ICO file
-    response = yield server.get("/wol-health")
-    assert (yield response.text()) == "OK"
+    assert body.startswith(b"\x00\x00\x01\x00")  # an ICO file
+    assert server.fetch("GET", "/wol-health")[1] == b"OK"
     history = server.service.logs.proxy_monitor.history().decode()
     assert "GET /favicon.ico" in history
     assert "GET /wol-health" not in history  # the wake-on-LAN proxy's checks are not logged
+
+
+ODD_PATHS = [
+    b"//etc/passwd",
+    b"/%2fetc%2fpasswd",
+    b"/%2Fetc%2Fpasswd",
+    b"/../../../../etc/passwd",
+    b"/..%2f..%2f..%2fetc%2fpasswd",
+    b"/%2e%2e/%2e%2e/etc/passwd",
+    b"/./././etc/passwd",
+    b"/..\\..\\etc\\passwd",
+    b"/%5c..%5c..%5cetc%5cpasswd",
+    b"/%00",
+    b"/a%00b",
+    b"/%c0%ae%c0%ae/%c0%ae%c0%ae/etc/passwd",
+    b"/%c0%af",
+    b"/\xc0\xaf",
+    b"/%ff%fe",
+    b"/\xff",
+    b"/%",
+    b"/%zz",
+    b"//",
+    b"///",
+]
+PREFIXES = [b"", b"/ui", b"/ui/", b"/upstream", b"/upstream/model1", b"/logs/stream", b"/api/models/unload", b"/v1", b"/api"]
+
+
+@pytest.mark.parametrize("prefix", PREFIXES, ids=lambda prefix: prefix.decode())
+def test_odd_paths_are_refused_or_redirected_never_an_error(server, prefix):
+    for path in ODD_PATHS:
+        for method in (b"GET", b"POST"):
+            answer = server.raw(method + b" " + prefix + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 1)
+            status = answer.split(b"\r\n", 1)[0]
+            assert status.startswith(b"HTTP/1.1 "), (prefix + path, answer[:200])
+            code = int(status.split()[1])
+            if prefix.startswith(b"/upstream/model1") and code == 200:
+                assert b"root:" not in answer  # the model server's own answer
+                continue
+            assert 300 <= code < 500, (method, prefix + path, answer[:300])
+            assert b"root:" not in answer
+    assert "internal error" not in server.service.logs.proxy_monitor.history().decode()

@@ -6,14 +6,13 @@ health-checked, stopped, killed and swapped through the running service.
 from __future__ import annotations
 
 import os
-import random
 
 import psutil
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
-from llamaswap.observe.events import LogData, ModelPreloaded, ProcessStateChanged
+from llamaswap.observe.events import LogData, ProcessStateChanged
 from tests.helpers import fake, json_of, sleep
 
 
@@ -81,25 +80,6 @@ def test_crash_while_ready_then_restart(llamaswap):
     assert "exited with code 7 unexpectedly" in server.service.logs.proxy_monitor.history().decode()
     assert (yield server.chat("crashy")).code == 200
     assert server.state("crashy") == "ready"
-
-
-@pytest_twisted.inlineCallbacks
-def test_ttl_unloads_an_idle_model(llamaswap):
-    server = llamaswap(
-        f"""
-        models:
-          brief:
-            cmd: {fake("brief")}
-            ttl: 1
-        """
-    )
-    slow = server.post("/v1/chat/completions?wait=1.5", json={"model": "brief"})
-    yield sleep(1.2)
-    assert server.state("brief") == "ready"  # busy longer than its ttl
-    assert (yield slow).code == 200
-    yield sleep(0.6)
-    assert server.state("brief") == "ready"
-    yield server.wait_for_state("brief", "stopped", timeout=3)
 
 
 @pytest_twisted.inlineCallbacks
@@ -237,105 +217,6 @@ groups:
 """
 
 
-def ready_models(server):
-    return sorted(model for model, process in server.service.manager.processes.items() if process.state == "ready")
-
-
-@pytest_twisted.inlineCallbacks
-def test_group_modes_with_real_servers(llamaswap):
-    server = llamaswap(GROUPS)
-    for model in ("x", "y", "p"):
-        assert (yield server.chat(model)).code == 200
-    assert ready_models(server) == ["p", "x", "y"]  # swap: false runs them together
-    assert (yield server.chat("a")).code == 200
-    assert ready_models(server) == ["a", "p"]  # exclusive stops x and y, not persistent p
-    assert (yield server.chat("b")).code == 200
-    assert ready_models(server) == ["b", "p"]  # swap within the group
-    assert (yield server.chat("x")).code == 200
-    assert ready_models(server) == ["b", "p", "x"]  # non-exclusive leaves others alone
-
-
-@pytest_twisted.inlineCallbacks
-def test_interleaved_requests_to_a_swap_group_are_never_misrouted(llamaswap):
-    """
-    Waves of concurrent requests alternating between two models of one swap
-    group: every request is answered, by the model it asked for.
-    """
-    server = llamaswap(
-        f"""
-        models:
-          one:
-            cmd: {fake("one")}
-            concurrencyLimit: 50
-          two:
-            cmd: {fake("two")}
-            concurrencyLimit: 50
-        """
-    )
-    rng = random.Random(7)
-    asked = [rng.choice(["one", "two"]) for _ in range(60)]
-    pending = []
-    for index, model in enumerate(asked):
-        wait = rng.choice([0, 0, 0.05, 0.1])
-        pending.append(server.post(f"/v1/chat/completions?wait={wait}", json={"model": model}))
-        if index % 7 == 6:
-            yield sleep(0.05)
-    responses = yield gatherResults(pending)
-    assert [response.code for response in responses] == [200] * len(asked)
-    bodies = yield gatherResults([json_of(response) for response in responses])
-    assert [body["responseMessage"] for body in bodies] == asked
-    assert server.service.manager.scheduler.waiting == 0
-
-
-@pytest_twisted.inlineCallbacks
-def test_preload_hook(llamaswap):
-    preloaded = []
-    server = llamaswap(
-        f"""
-        hooks:
-          on_startup:
-            preload: [m1, m2, ghost]
-        groups:
-          both:
-            swap: false
-            members: [m1, m2]
-        models:
-          m1:
-            cmd: {fake("m1")}
-          m2:
-            cmd: {fake("m2")}
-        """
-    )
-    server.service.bus.subscribe(preloaded.append, ModelPreloaded)
-    waited = 0.0
-    while len(preloaded) < 2 and waited < 10:
-        yield sleep(0.05)
-        waited += 0.05
-    assert preloaded == [ModelPreloaded("m1", True), ModelPreloaded("m2", True)]
-    assert ready_models(server) == ["m1", "m2"]
-
-
-@pytest_twisted.inlineCallbacks
-def test_preload_failure_is_reported(llamaswap):
-    preloaded = []
-    server = llamaswap(
-        f"""
-        hooks:
-          on_startup:
-            preload: [bad]
-        models:
-          bad:
-            cmd: {fake("bad", "--crash-after", "0", "--exit-code", "9")}
-        """
-    )
-    server.service.bus.subscribe(preloaded.append, ModelPreloaded)
-    waited = 0.0
-    while not preloaded and waited < 10:
-        yield sleep(0.05)
-        waited += 0.05
-    assert preloaded == [ModelPreloaded("bad", False)]
-
-
 @pytest_twisted.inlineCallbacks
 def test_clean_shutdown_reaps_every_model(llamaswap):
     server = llamaswap(GROUPS)
@@ -350,18 +231,3 @@ def test_clean_shutdown_reaps_every_model(llamaswap):
     assert {process.state for process in server.service.manager.processes.values()} == {"shutdown"}
     response = yield starting
     assert response.code in (502, 503)
-
-
-@pytest_twisted.inlineCallbacks
-def test_concurrent_requests_share_one_start(llamaswap):
-    server = llamaswap(
-        f"""
-        models:
-          cold:
-            cmd: {fake("cold", "--startup-delay", "0.5")}
-        """
-    )
-    responses = yield gatherResults([server.chat("cold") for _ in range(6)])
-    assert [response.code for response in responses] == [200] * 6
-    starts = [event for event in server.events if event.model == "cold" and event.new == "starting"]
-    assert len(starts) == 1

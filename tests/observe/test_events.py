@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import json
 
-import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Protocol
-from twisted.web.client import Agent
 from twisted.web.test.requesthelper import DummyRequest
 
 from llamaswap.observe.events import (
@@ -20,7 +16,7 @@ from llamaswap.observe.events import (
     ProcessStateChanged,
 )
 from llamaswap.protocols.streaming import BoundedStream
-from tests.helpers import fake, sleep
+from tests.helpers import fake
 
 
 def test_bus_delivers_by_type_in_order():
@@ -121,7 +117,7 @@ class Events(Protocol):
     def __init__(self):
         self.buffer = b""
         self.messages: list[dict] = []
-        self.done = Deferred()
+        self.ended = False
 
     def dataReceived(self, data):
         self.buffer += data
@@ -134,7 +130,7 @@ class Events(Protocol):
                     self.messages.append(envelope)
 
     def connectionLost(self, reason):
-        self.done.callback(None)
+        self.ended = True
 
     def of_type(self, kind):
         return [message["data"] for message in self.messages if message["type"] == kind]
@@ -152,24 +148,22 @@ models:
 """
 
 
-@inlineCallbacks
 def connect(server):
-    response = yield Agent(reactor).request(b"GET", (server.url + "/api/events").encode())
+    response = server.run(server.get("/api/events"))
     events = Events()
     response.deliverBody(events)
+    server.advance(0.01)
     return response, events
 
 
-@pytest_twisted.inlineCallbacks
-def test_events_stream_initial_state_and_load_unload_cycle(llamaswap):
-    server = llamaswap(CONFIG)
-    yield server.chat("m")  # one metric exists before we connect
-    yield server.get("/unload")
-    response, events = yield connect(server)
+def test_events_stream_initial_state_and_load_unload_cycle(memory):
+    server = memory(CONFIG)
+    server.chat("m")  # one metric exists before we connect
+    server.fetch("GET", "/unload")
+    response, events = connect(server)
     assert response.headers.getRawHeaders("content-type") == ["text/event-stream"]
     assert response.headers.getRawHeaders("cache-control") == ["no-cache"]
     assert response.headers.getRawHeaders("x-accel-buffering") == ["no"]
-    yield sleep(0.05)
     kinds = [message["type"] for message in events.messages]
     assert kinds == ["logData", "logData", "modelStatus", "metrics"]
     assert [message["data"]["source"] for message in events.messages[:2]] == ["proxy", "upstream"]
@@ -180,9 +174,8 @@ def test_events_stream_initial_state_and_load_unload_cycle(llamaswap):
     ]
     assert len(events.messages[3]["data"]) == 1 and events.messages[3]["data"][0]["model"] == "m"
     events.messages.clear()
-    yield server.chat("m")
-    yield server.get("/unload")
-    yield sleep(0.1)
+    server.chat("m")
+    server.fetch("GET", "/unload")
     states = [next(entry["state"] for entry in status if entry["id"] == "m") for status in events.of_type("modelStatus")]
     assert states == ["starting", "ready", "stopping", "stopped"]
     metrics = events.of_type("metrics")
@@ -191,15 +184,14 @@ def test_events_stream_initial_state_and_load_unload_cycle(llamaswap):
     assert sources == {"proxy", "upstream"}
     subscribers = server.service.bus.subscriber_count
     events.transport.stopProducing()
-    yield sleep(0.05)
+    server.advance(0.01)
     assert server.service.bus.subscriber_count == subscribers - 1
 
 
-@pytest_twisted.inlineCallbacks
-def test_events_stream_ends_on_shutdown(llamaswap):
-    server = llamaswap(CONFIG)
-    _, events = yield connect(server)
-    yield sleep(0.05)
-    yield server.service.stopService()
-    yield events.done
+def test_events_stream_ends_on_shutdown(memory):
+    server = memory(CONFIG)
+    _, events = connect(server)
+    server.stop()
+    server.advance(0.01)
+    assert events.ended
     assert events.messages

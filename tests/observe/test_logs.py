@@ -8,14 +8,10 @@ import os
 import time
 
 import pytest
-import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
-from twisted.web.client import Agent
 
 from llamaswap.observe.events import EventBus, LogData
 from llamaswap.observe.logs import History, LogMonitor, Logs, ProxyLog, format_timestamp
-from tests.helpers import Body, fake, sleep
+from tests.helpers import fake
 
 
 def test_history_keeps_the_last_bytes():
@@ -121,12 +117,9 @@ def test_unknown_time_format():
 # ---------------------------------------------------------------- routes
 
 
-@inlineCallbacks
 def open_stream(server, path):
-    response = yield Agent(reactor).request(b"GET", (server.url + path).encode())
-    collector = Body()
-    response.deliverBody(collector)
-    return response, collector
+    response = server.run(server.get(path))
+    return response, server.collect(response)
 
 
 CONFIG = f"""
@@ -136,39 +129,35 @@ models:
 """
 
 
-@pytest_twisted.inlineCallbacks
-def test_logs_history_and_browser_redirect(llamaswap):
-    server = llamaswap(CONFIG)
-    yield server.chat("m")
-    response = yield server.get("/logs")
+def test_logs_history_and_browser_redirect(memory):
+    server = memory(CONFIG)
+    server.chat("m")
+    response, text = server.fetch("GET", "/logs")
     assert response.headers.getRawHeaders("content-type") == ["text/plain"]
-    text = yield response.text()
-    assert "fake upstream m: listening" in text  # upstream output
-    assert "[INFO] <m> ready after" in text  # proxy messages
-    response = yield server.get("/logs", headers={"Accept": "text/html,*/*"}, allow_redirects=False)
+    assert b"fake upstream m: listening" in text  # upstream output
+    assert b"[INFO] <m> ready after" in text  # proxy messages
+    response, _ = server.fetch("GET", "/logs", headers={"Accept": "text/html,*/*"}, allow_redirects=False)
     assert response.code == 302
     assert response.headers.getRawHeaders("location") == ["/ui/"]
 
 
-@pytest_twisted.inlineCallbacks
-def test_log_streams(llamaswap):
-    server = llamaswap(CONFIG)
+def test_log_streams(memory):
+    server = memory(CONFIG)
     server.service.logs.proxy.info("before anyone listened")
-    both, both_data = yield open_stream(server, "/logs/stream")
-    proxy, proxy_data = yield open_stream(server, "/logs/stream/proxy")
-    upstream, upstream_data = yield open_stream(server, "/logs/stream/upstream")
-    live, live_data = yield open_stream(server, "/logs/stream/proxy?no-history")
+    both, both_data = open_stream(server, "/logs/stream")
+    proxy, proxy_data = open_stream(server, "/logs/stream/proxy")
+    upstream, upstream_data = open_stream(server, "/logs/stream/upstream")
+    live, live_data = open_stream(server, "/logs/stream/proxy?no-history")
     for response in (both, proxy, upstream, live):
         assert response.code == 200
         assert response.headers.getRawHeaders("x-accel-buffering") == ["no"]
         assert response.headers.getRawHeaders("content-type") == ["text/plain"]
-    yield sleep(0.05)
+    server.advance(0.01)
     assert b"before anyone listened" in both_data.data
     assert b"before anyone listened" in proxy_data.data
     assert b"before anyone listened" not in upstream_data.data
     assert live_data.data == b""
-    yield server.chat("m")
-    yield sleep(0.1)
+    server.chat("m")
     assert b"fake upstream m: listening" in upstream_data.data
     assert b"fake upstream m: listening" in both_data.data
     assert b"fake upstream m: listening" not in proxy_data.data
@@ -176,25 +165,24 @@ def test_log_streams(llamaswap):
     subscribers = server.service.bus.subscriber_count
     for collector in (both_data, proxy_data, upstream_data, live_data):
         collector.transport.stopProducing()
-    yield sleep(0.1)
+    server.advance(0.01)
     assert server.service.bus.subscriber_count == subscribers - 4
 
 
-@pytest_twisted.inlineCallbacks
-def test_unknown_log_stream_is_400(llamaswap):
-    server = llamaswap(CONFIG)
-    response = yield server.get("/logs/stream/bogus")
-    assert response.code == 400
-    assert (yield response.text()) == "invalid logger. Use 'proxy' or 'upstream'"
+def test_unknown_log_stream_is_400(memory):
+    server = memory(CONFIG)
+    response, body = server.fetch("GET", "/logs/stream/bogus")
+    assert (response.code, body) == (400, b"invalid logger. Use 'proxy' or 'upstream'")
 
 
-@pytest_twisted.inlineCallbacks
-def test_log_stream_ends_on_shutdown(llamaswap):
-    server = llamaswap(CONFIG)
-    _, collector = yield open_stream(server, "/logs/stream")
-    yield server.service.stopService()
-    yield collector.done
-    assert b"llamaswap listening" in collector.data
+def test_log_stream_ends_on_shutdown(memory):
+    server = memory(CONFIG)
+    server.chat("m")
+    _, collector = open_stream(server, "/logs/stream")
+    server.stop()
+    server.advance(0.01)
+    assert collector.reason is not None
+    assert b"stopping 1 model(s) before exiting" in collector.data
 
 
 def test_time_zone_fixture_restores(utc):

@@ -1,0 +1,168 @@
+"""
+Smoke tests on real sockets and real child processes: what the in-memory
+tests cannot show -- the official openai SDK over HTTP, a stream through
+the kernel's buffers, and memory under a stalled TCP reader.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+
+import psutil
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
+
+from tests.helpers import fake, json_of, sleep
+
+CONFIG = f"""
+models:
+  m:
+    cmd: {fake("m")}
+    aliases: [gpt-4o-mini]
+  other:
+    cmd: {fake("other")}
+"""
+
+
+@pytest_twisted.inlineCallbacks
+def test_chat_stream_and_swap_through_real_processes(llamaswap):
+    server = llamaswap(CONFIG)
+    response = yield server.chat("m")
+    assert (yield json_of(response))["responseMessage"] == "m"
+    pid = server.process("m").pid
+    response = yield server.chat("other", stream=True)
+    text = yield response.text()
+    contents = [
+        json.loads(line[6:])["choices"][0]["delta"].get("content")
+        for line in text.split("\n")
+        if line.startswith("data: {") and '"content"' in line
+    ]
+    assert contents == [f"other-{index} " for index in range(10)]
+    assert server.state("m") == "stopped"  # swapped out
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest_twisted.inlineCallbacks
+def test_slow_reader_pauses_the_upstream_and_memory_stays_bounded(llamaswap):
+    """
+    300 MB flow through the proxy to a client that stops reading for two
+    seconds: the proxy must pause the upstream instead of buffering.
+    """
+    server = llamaswap(CONFIG)
+    yield server.chat("m")
+    me = psutil.Process()
+    before = me.memory_info().rss
+    client = socket.create_connection(("127.0.0.1", server.port))
+    client.setblocking(False)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    total = 300 * 1024 * 1024
+    client.sendall(
+        f"GET /upstream/m/big?total={total}&chunk=65536&length=1 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    )
+    yield sleep(2.0)  # not reading at all
+    during = me.memory_info().rss
+    assert during - before < 40 * 1024 * 1024, f"proxy grew by {(during - before) >> 20} MB"
+    received = 0
+    while received < total:
+        try:
+            data = client.recv(1024 * 1024)
+        except BlockingIOError:
+            yield sleep(0.001)
+            continue
+        if not data:
+            break
+        received += len(data)
+    client.close()
+    assert received > total  # headers + the whole body
+    assert me.memory_info().rss - before < 60 * 1024 * 1024
+
+
+# ---------------------------------------------------------------- the openai SDK
+
+
+@pytest.fixture
+def openai_client():
+    openai = pytest.importorskip("openai")
+
+    def make(server):
+        return openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed", max_retries=0, timeout=30)
+
+    return make
+
+
+@pytest_twisted.inlineCallbacks
+def test_openai_sdk_chat_plain_and_streamed(llamaswap, openai_client):
+    server = llamaswap(CONFIG)
+    client = openai_client(server)
+    completion = yield deferToThread(
+        client.chat.completions.create, model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert completion.choices[0].message.content.startswith("m-0 m-1")
+    assert completion.usage.completion_tokens == 10
+
+    def stream():
+        chunks = client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        return [chunk for chunk in chunks]
+
+    chunks = yield deferToThread(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == "".join(f"m-{index} " for index in range(10))
+    assert chunks[-1].usage.total_tokens > 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_openai_sdk_completions_embeddings_and_transcription(llamaswap, openai_client):
+    server = llamaswap(CONFIG)
+    client = openai_client(server)
+    completion = yield deferToThread(client.completions.create, model="m", prompt="once upon a time")
+    assert completion.choices[0].text.startswith("m-0")
+    embeddings = yield deferToThread(client.embeddings.create, model="m", input=["a", "bb"])
+    assert len(embeddings.data) == 2
+    assert len(embeddings.data[0].embedding) == 8
+    audio = io.BytesIO(b"RIFF" + b"\x00" * 4000)
+    audio.name = "speech.wav"
+    transcription = yield deferToThread(client.audio.transcriptions.create, model="m", file=audio)
+    assert transcription.text == "The length of the file is 4004 bytes"
+    speech = yield deferToThread(client.audio.speech.create, model="m", voice="alloy", input="hello")
+    assert speech.content.startswith(b"RIFF")
+    models = yield deferToThread(client.models.list)
+    assert [model.id for model in models.data] == ["m", "other"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_constant_memory_while_streaming_a_50mb_sse_response(llamaswap):
+    server = llamaswap(CONFIG)
+    yield server.chat("m")
+    me = psutil.Process()
+    before = me.memory_info().rss
+    peak = [0]
+    received = {"size": 0, "tail": b""}
+
+    def sample():
+        peak[0] = max(peak[0], me.memory_info().rss)
+
+    def collect(data):
+        received["size"] += len(data)
+        received["tail"] = (received["tail"] + data)[-2000:]
+
+    sampler = LoopingCall(sample)
+    sampler.start(0.02)
+    response = yield server.post(
+        "/v1/chat/completions?chunks=800&chunk_bytes=65536", json={"model": "m", "stream": True}, unbuffered=True
+    )
+    yield treq.collect(response, collect)
+    sampler.stop()
+    assert received["size"] > 50 * 1024 * 1024
+    assert b"data: [DONE]" in received["tail"]
+    assert peak[0] - before < 30 * 1024 * 1024, f"grew by {(peak[0] - before) >> 20} MB"
+    assert server.service.metrics.all()[-1].output_tokens == 800
