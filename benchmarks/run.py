@@ -256,6 +256,85 @@ def bench_requests(rows, folder, quick):
             "~504 = every chunk delivered on its own")
 
 
+class Original:
+    """
+    The Go llama-swap (built with ../shared/tools/build-original.sh) in
+    front of the same upstream, pinned like our proxy.
+    """
+
+    def __init__(self, binary: str, direct_url: str, folder: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        path = os.path.join(folder, f"original-{self.port}.yaml")
+        with open(path, "w") as handle:
+            handle.write(
+                "logLevel: info\nmodels:\n  m:\n    cmd: sleep 1000000\n"
+                f"    proxy: {direct_url}\n    concurrencyLimit: 500\n"
+            )
+        self.process = subprocess.Popen(
+            pinned(0, [binary, "-config", path, "-listen", f"127.0.0.1:{self.port}"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_healthy(self.url + "/health", interval=0.02)
+
+    cpu_seconds = Proxy.cpu_seconds
+    rss_mb = Proxy.rss_mb
+    stop = Proxy.stop
+
+
+def bench_versus_original(rows, folder, quick, binary):
+    """
+    llamaswap and the Go original side by side, in one run, over one
+    upstream: latency at one connection, throughput at 10 and 50, CPU per
+    request and memory after the run.  The three are measured in turn for
+    each figure, so that a noisy neighbour hurts them alike.
+    """
+    if not WRK:
+        raise SystemExit("--original needs wrk (apt-get install wrk)")
+    seconds = 3 if quick else 8
+    with fake_behind_proxy(folder) as (proxy, direct_url):
+        original = Original(binary, direct_url, folder)
+        try:
+            http(original.url + "/v1/chat/completions", {"model": "m", **CHAT_BODY})
+            servers = {"direct": (direct_url, None), "llamaswap": (proxy.url, proxy), "go": (original.url, original)}
+            figures: dict = {name: {} for name in servers}
+            for name, (url, _) in servers.items():
+                wrk(url + "/v1/chat/completions", 10, 1)  # warm up
+            for name, (url, _) in servers.items():
+                result = wrk(url + "/v1/chat/completions", 1, seconds, latency=True)
+                figures[name]["p50"], figures[name]["p99"] = result["p50_ms"], result["p99_ms"]
+            for connections in (10, 50):
+                for name, (url, process) in servers.items():
+                    before = process.cpu_seconds() if process else 0
+                    result = wrk(url + "/v1/chat/completions", connections, seconds)
+                    figures[name][f"rps{connections}"] = result["rps"]
+                    figures[name][f"failed{connections}"] = result["non_2xx"] + result["socket_errors"]
+                    if process:
+                        figures[name][f"cpu{connections}"] = (
+                            (process.cpu_seconds() - before) / max(1, result["requests"]) * 1e6
+                        )
+            figures["llamaswap"]["rss"] = proxy.rss_mb()
+            figures["go"]["rss"] = original.rss_mb()
+        finally:
+            original.stop()
+    ours, go, direct = figures["llamaswap"], figures["go"], figures["direct"]
+    added_ours, added_go = ours["p50"] - direct["p50"], go["p50"] - direct["p50"]
+    rows.append(("added p50 latency, c=1", f"{added_ours:.3f}", f"{added_go:.3f}",
+                 f"{added_ours / added_go:.2f}x" if added_go > 0 else "-", "ms",
+                 f"direct p50 {direct['p50']:.3f} ms (target <= 1.5x)"))
+    rows.append(("p99 latency, c=1", f"{ours['p99']:.3f}", f"{go['p99']:.3f}", f"{ours['p99'] / go['p99']:.2f}x",
+                 "ms", f"direct {direct['p99']:.3f} ms (target <= 1.5x)"))
+    for connections in (10, 50):
+        rows.append((f"throughput c={connections}", f"{ours[f'rps{connections}']:.0f}", f"{go[f'rps{connections}']:.0f}",
+                     f"{ours[f'rps{connections}'] / go[f'rps{connections}']:.2f}x", "req/s",
+                     f"direct {direct[f'rps{connections}']:.0f}; CPU/request {ours[f'cpu{connections}']:.0f} vs "
+                     f"{go[f'cpu{connections}']:.0f} us; failed {ours[f'failed{connections}']}/{go[f'failed{connections}']}"
+                     " (target >= 0.8x)"))
+    rows.append(("RSS after the run", f"{ours['rss']:.1f}", f"{go['rss']:.1f}", f"{ours['rss'] / go['rss']:.2f}x", "MB",
+                 "(target <= 40 MB)"))
+
+
 def bench_cold_start(rows, folder, quick, delay=0.5):
     # the upstream's own readiness: spawn it, poll /health every millisecond
     own = []
@@ -357,9 +436,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="llamaswap benchmarks")
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument("--only", choices=["requests", "cold", "swap", "memory"], help="run one group")
+    parser.add_argument("--original", metavar="BINARY",
+                        help="compare with the Go llama-swap at BINARY (../shared/tools/build-original.sh builds it)")
     options = parser.parse_args()
     rows: list[tuple] = []
     with tempfile.TemporaryDirectory() as folder:
+        if options.original:
+            print("running llamaswap versus the original ...", file=sys.stderr, flush=True)
+            bench_versus_original(rows, folder, options.quick, options.original)
+            _print_table(rows, ("benchmark", "llamaswap", "go", "ratio", "unit", "notes"))
+            return 0
         groups = {
             "requests": bench_requests,
             "cold": bench_cold_start,
@@ -370,16 +456,19 @@ def main() -> int:
             if options.only in (None, name):
                 print(f"running {name} ...", file=sys.stderr, flush=True)
                 bench(rows, folder, options.quick)
+    _print_table(rows, ("benchmark", "proxied", "direct", "ratio", "unit", "notes"))
+    return 0
+
+
+def _print_table(rows, header) -> None:
     print()
     print(f"machine: {platform.machine()}, {CPUS} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
           f"{'proxy pinned to CPU 0' if PIN else 'no CPU pinning'}, load: {'wrk' if WRK else 'llamaswap.bench'}")
-    header = ("benchmark", "proxied", "direct", "ratio", "unit", "notes")
     widths = [max(len(fmt(r[i])) for r in [header, *rows]) for i in range(6)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print("  ".join(fmt(value).ljust(w) for value, w in zip(r, widths)))
-    return 0
 
 
 def _cpu_model() -> str:

@@ -22,6 +22,7 @@ from llamaswap.http.site import LlamaswapSite, RootResource
 from llamaswap.models.manager import ModelManager
 from llamaswap.models.process import ModelProcess
 from llamaswap.models.readiness import PROBE_CONNECT_TIMEOUT, http_probe
+from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.events import ConfigFileChanged, EventBus
 from llamaswap.observe.logs import Logs
 from llamaswap.observe.metrics import MetricsStore
@@ -83,7 +84,8 @@ class LlamaswapService(MultiService):
             config, reactor=reactor, logs=self.logs, bus=self.bus, probe=probe, process_factory=process_factory
         )
         self.manager.setServiceParent(self)
-        self.gateway = Gateway(self.manager, self.client, self.metrics, self.logs.proxy, reactor)
+        self.backlog = Backlog(reactor)
+        self.gateway = Gateway(self.manager, self.client, self.metrics, self.logs.proxy, reactor, self.backlog)
         self.routes = Routes(
             models=self.manager,
             gateway=self.gateway,
@@ -93,7 +95,7 @@ class LlamaswapService(MultiService):
             static_dir=static_directory(),
         )
         root = RootResource(self.routes.resource(), self.routes.fast_routes())
-        self.site = LlamaswapSite(root, self.logs.proxy, clock=reactor)
+        self.site = LlamaswapSite(root, self.logs.proxy, clock=reactor, backlog=self.backlog)
         self.http: ListeningService | None = None
         if listen is not None:
             self.http = ListeningService(serverFromString(reactor, listen), self.site)
@@ -159,6 +161,7 @@ class LlamaswapService(MultiService):
         stopping = super().stopService()
 
         def close_connections(result):
+            self.backlog.run()
             closing = self.client.close()
             return closing.addCallback(lambda _: result) if closing is not None else result
 

@@ -238,7 +238,8 @@ class WakeOnLanResource(Resource):
         return ReverseProxyResource(
             self.proxy.client,
             "upstream",
-            (self.proxy.upstream.rstrip("/") + request.uri.decode("latin-1")).encode("latin-1"),
+            self.proxy.upstream,
+            request.uri,
             spooled_body(request.content),
             log_error=lambda message: log.error("{message}", message=message),
         )

@@ -19,11 +19,13 @@ place.
 
 from __future__ import annotations
 
+from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
 
+from attrs import frozen
 from treq.client import HTTPClient
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -147,96 +149,217 @@ def plain_client(reactor, endpoints: UpstreamEndpoints | None = None, persistent
     return HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
 
 
+class ResponseReceiver(TypingProtocol):
+    """
+    Told how an L{UpstreamRequest} ended: with a response head (read the
+    body from the connection), or a failure.
+    """
+
+    def head_received(self, connection: UpstreamConnection, head: ResponseHead) -> None: ...
+
+    def request_failed(self, failure: Failure) -> None: ...
+
+
+@frozen
+class Origin:
+    """
+    A server's base URL, taken apart once: the pool key, the Host header
+    and the path the request targets are appended to.
+    """
+
+    key: tuple[str, str, int]
+    host: bytes
+    prefix: bytes
+
+    @classmethod
+    def parse(cls, base: str) -> Origin:
+        parts = urlsplit(base)
+        scheme = parts.scheme or "http"
+        port = parts.port or (443 if scheme == "https" else 80)
+        return cls((scheme, parts.hostname or "", port), parts.netloc.encode("latin-1"), parts.path.rstrip("/").encode("latin-1"))
+
+
+class UpstreamRequest:
+    """
+    One request on its way to a server: it takes an idle keep-alive
+    connection (or makes one), sends, and tells its receiver.  A request
+    whose body is in memory and that gets no answer at all on a reused
+    connection (the server had just closed it) is sent once more on a new
+    one.
+    """
+
+    def __init__(self, client: UpstreamClient, origin: Origin, method: bytes, target: bytes, headers, body,
+                 receiver: ResponseReceiver, head_timeout: float | None):
+        self.client = client
+        self.origin = origin
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.receiver = receiver
+        self.head_timeout = head_timeout
+        self.connection: UpstreamConnection | None = None
+        self._connecting: Deferred | None = None
+        self._reused = False
+        self._done = False
+
+    def start(self, fresh: bool = False) -> None:
+        connection = None if fresh else self.client._take(self.origin.key)
+        if connection is not None:
+            self._send(connection, reused=True)
+            return
+        self._connecting = self.client._connect(self.origin.key)
+        self._connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def cancel(self) -> None:
+        """
+        Give up: the client went away.
+        """
+        self._done = True
+        if self._connecting is not None:
+            connecting, self._connecting = self._connecting, None
+            connecting.cancel()
+        if self.connection is not None:
+            self.connection.abort()
+
+    def _connected(self, connection: UpstreamConnection) -> None:
+        self._connecting = None
+        if self._done:
+            connection.abort()
+            return
+        self._send(connection, reused=False)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if not self._done:
+            self._done = True
+            self.receiver.request_failed(failure)
+
+    def _send(self, connection: UpstreamConnection, reused: bool) -> None:
+        self.connection = connection
+        self._reused = reused
+        body = self.body
+        path = self.origin.prefix + self.target
+        if isinstance(body, bytes) or body is None:
+            connection.send(self.method, path, self.origin.host, self.headers, body=body,
+                            head_timeout=self.head_timeout, receiver=self)
+        else:
+            connection.send(self.method, path, self.origin.host, self.headers, producer=body,
+                            head_timeout=self.head_timeout, receiver=self)
+
+    # HeadReceiver
+    def head_received(self, head: ResponseHead) -> None:
+        if not self._done:
+            self._done = True
+            self.receiver.head_received(self.connection, head)
+
+    def head_failed(self, error: Exception) -> None:
+        if self._done:
+            return
+        if isinstance(error, NoResponse) and self._reused and not isinstance(self.body, FileProducer):
+            self.connection = None
+            self.start(fresh=True)
+            return
+        self._done = True
+        self.receiver.request_failed(Failure(error))
+
+
+class _DeferredResponse:
+    def __init__(self) -> None:
+        self.deferred: Deferred = Deferred(lambda _: self.pending.cancel())
+        self.pending: UpstreamRequest | None = None
+
+    def head_received(self, connection: UpstreamConnection, head: ResponseHead) -> None:
+        self.deferred.callback((connection, head))
+
+    def request_failed(self, failure: Failure) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(failure)
+
+
 class UpstreamClient:
     """
     The HTTP client for model servers: pools of keep-alive connections (one
-    per upstream address) shared by every request.
+    per server address) shared by every request.  Idle connections are
+    closed after L{IDLE_CONNECTION_SECONDS} by one sweep timer, not a timer
+    per connection.
     """
 
     def __init__(self, reactor, endpoints: UpstreamEndpoints | None = None):
         self._reactor = reactor
         self._endpoints = endpoints or UpstreamEndpoints(reactor)
-        self._idle: dict[tuple, list[UpstreamConnection]] = {}
-        self._timers: dict[UpstreamConnection, object] = {}
+        self._idle: dict[tuple, list[tuple[UpstreamConnection, float]]] = {}
+        self._origins: dict[str, Origin] = {}
+        self._sweep = None
+
+    def origin(self, base: str) -> Origin:
+        origin = self._origins.get(base)
+        if origin is None:
+            if len(self._origins) > 1024:
+                self._origins.clear()
+            origin = self._origins[base] = Origin.parse(base)
+        return origin
+
+    def request(
+        self,
+        method: bytes,
+        base: str,
+        target: bytes,
+        headers: Headers | list[bytes],
+        body: bytes | IBodyProducer | None,
+        receiver: ResponseReceiver,
+        head_timeout: float | None = None,
+    ) -> UpstreamRequest:
+        """
+        Send C{method target} to the server at C{base} (its URL, maybe with
+        a path prefix); C{receiver} hears how it went.
+        """
+        pending = UpstreamRequest(self, self.origin(base), method, target, headers, body, receiver, head_timeout)
+        pending.start()
+        return pending
 
     def exchange(
         self,
         method: bytes,
         url: bytes,
-        headers: Headers,
+        headers: Headers | list[bytes],
         body: bytes | IBodyProducer | None,
         head_timeout: float | None = None,
     ) -> Deferred:
         """
-        Send a request and wait for the response head (at most
-        C{head_timeout} seconds once it is sent).
-
-        @return: a Deferred firing with (connection, L{ResponseHead}); read
-            the body with C{connection.read_body(sink)}.  Cancelling it
-            aborts the connection.  A request with an in-memory body that
-            gets no answer on a reused connection (the server had just
-            closed it) is sent once more on a new one.
+        L{request} with a whole URL and a Deferred: it fires with
+        (connection, L{ResponseHead}); read the body with
+        C{connection.read_body(sink)}.  Cancelling it aborts the request.
         """
         parts = urlsplit(url.decode("latin-1"))
-        scheme = parts.scheme or "http"
-        port = parts.port or (443 if scheme == "https" else 80)
-        key = (scheme, parts.hostname or "", port)
-        path = ((parts.path or "/") + ("?" + parts.query if parts.query else "")).encode("latin-1")
-        host = parts.netloc.encode("latin-1")
-        state: dict = {"connection": None, "attempt": None}
-
-        def cancel(_):
-            if state["attempt"] is not None:
-                state["attempt"].cancel()
-            if state["connection"] is not None:
-                state["connection"].abort()
-
-        result: Deferred = Deferred(cancel)
-
-        def attempt(fresh: bool) -> None:
-            connection = None if fresh else self._take(key)
-            connecting = self._connect(key) if connection is None else succeed(connection)
-            reused = connection is not None
-            state["attempt"] = connecting
-
-            def connected(connection: UpstreamConnection):
-                state["attempt"] = None
-                state["connection"] = connection
-                if isinstance(body, bytes):
-                    return connection.send(method, path, host, headers, body=body, head_timeout=head_timeout)
-                return connection.send(method, path, host, headers, producer=body, head_timeout=head_timeout)
-
-            def answered(head: ResponseHead) -> None:
-                result.callback((state["connection"], head))
-
-            def failed(failure: Failure) -> None:
-                state["attempt"] = None
-                if result.called:
-                    return
-                if failure.check(NoResponse) and reused and not isinstance(body, FileProducer):
-                    state["connection"] = None
-                    attempt(fresh=True)
-                    return
-                result.errback(failure)
-
-            connecting.addCallback(connected).addCallbacks(answered, failed)
-
-        attempt(fresh=False)
-        return result
+        base = f"{parts.scheme}://{parts.netloc}"
+        target = ((parts.path or "/") + ("?" + parts.query if parts.query else "")).encode("latin-1")
+        receiver = _DeferredResponse()
+        receiver.pending = self.request(method, base, target, headers, body, receiver, head_timeout)
+        return receiver.deferred
 
     def _connect(self, key: tuple) -> Deferred:
         scheme, host, port = key
-        factory = Factory.forProtocol(lambda: UpstreamConnection(lambda connection: self._park(key, connection), self._reactor))
+        factory = Factory.forProtocol(
+            lambda: UpstreamConnection(lambda connection: self._park(key, connection), self._reactor)
+        )
         factory.noisy = False
         return self._endpoints.endpoint(scheme, host, port).connect(factory)
 
     def _take(self, key: tuple) -> UpstreamConnection | None:
         idle = self._idle.get(key)
+        if not idle:
+            return None
+        oldest = self._reactor.seconds() - IDLE_CONNECTION_SECONDS
         while idle:
-            connection = idle.pop()
-            timer = self._timers.pop(connection, None)
-            if timer is not None and timer.active():
-                timer.cancel()
+            connection, parked = idle.pop()
+            if parked <= oldest:
+                # The newest is too old, and so is every one before it.
+                self._close(connection)
+                for connection, _ in idle:
+                    self._close(connection)
+                idle.clear()
+                return None
             if not connection.lost and not connection.busy:
                 return connection
         return None
@@ -244,25 +367,37 @@ class UpstreamClient:
     def _park(self, key: tuple, connection: UpstreamConnection) -> None:
         idle = self._idle.setdefault(key, [])
         if len(idle) >= POOL_SIZE_PER_UPSTREAM:
-            connection.transport.loseConnection()
+            self._close(connection)
             return
-        idle.append(connection)
+        idle.append((connection, self._reactor.seconds()))
+        if self._sweep is None:
+            self._sweep = self._reactor.callLater(IDLE_CONNECTION_SECONDS, self._expire)
 
-        def expire():
-            self._timers.pop(connection, None)
-            if connection in idle:
-                idle.remove(connection)
+    def _expire(self) -> None:
+        self._sweep = None
+        oldest = self._reactor.seconds() - IDLE_CONNECTION_SECONDS
+        for key, idle in list(self._idle.items()):
+            keep = [(connection, parked) for connection, parked in idle if parked > oldest and not connection.lost]
+            for connection, parked in idle:
+                if parked <= oldest:
+                    self._close(connection)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        if self._idle:
+            self._sweep = self._reactor.callLater(IDLE_CONNECTION_SECONDS, self._expire)
+
+    @staticmethod
+    def _close(connection: UpstreamConnection) -> None:
+        if not connection.lost:
             connection.transport.loseConnection()
-
-        self._timers[connection] = self._reactor.callLater(IDLE_CONNECTION_SECONDS, expire)
 
     def close(self) -> None:
-        for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
-        self._timers.clear()
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
         for idle in self._idle.values():
-            for connection in idle:
-                if not connection.lost:
-                    connection.transport.loseConnection()
+            for connection, _ in idle:
+                self._close(connection)
         self._idle.clear()

@@ -23,6 +23,7 @@ from llamaswap.http.loading import LoadingStream
 from llamaswap.http.proxy import ReverseProxyResource
 from llamaswap.models.manager import ModelManager
 from llamaswap.models.process import ProcessShutdown, StartFailed
+from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.logs import ProxyLog
 from llamaswap.observe.metrics import MetricsObserver, MetricsStore
 from llamaswap.routing.scheduler import Lease, ShuttingDown, TooManyRequests
@@ -36,12 +37,14 @@ class Gateway:
         metrics: MetricsStore,
         log: ProxyLog,
         clock,
+        backlog: Backlog,
     ):
         self.models = models
         self.client = client
         self.metrics = metrics
         self.log = log
         self.clock = clock
+        self.backlog = backlog
 
     def forward(
         self,
@@ -61,12 +64,16 @@ class Gateway:
             (default: the client's own).
         @param loading: keep the client company with loading-state messages
             if the model has to start first (a streaming chat request).
-        @return: an error body to send at once (429, 503), or a Deferred
-            firing with the resource that relays the answer (C{None} when
-            the answer was already written or nobody is listening any more).
-            Cancelling it -- the client went away -- leaves the queue.
+        @return: an error body to send at once (429, 503), the resource
+            that relays the answer when the model could be used at once, or
+            a Deferred firing with that resource once it can (C{None} when
+            the answer was already written or nobody is listening any more);
+            cancelling it -- the client went away -- leaves the queue.
         """
         try:
+            lease = self.models.use_now(model_id)
+            if lease is not None:
+                return self._relay(request, model_id, lease, body, path, headers_sent=False)
             waiting = self.models.use(model_id)
         except TooManyRequests:
             return error_response(request, 429, "Too many requests")
@@ -108,9 +115,6 @@ class Gateway:
         return 502, message
 
     def _relay(self, request: Request, model_id: str, lease: Lease, body, path, headers_sent: bool):
-        model = lease.process.config
-        target = path if path is not None else request.uri
-        url = (model.proxy.rstrip("/") + target.decode("latin-1")).encode("latin-1")
         observer = None
         if request.method == b"POST":
             observer = MetricsObserver(
@@ -119,11 +123,13 @@ class Gateway:
                 self.clock.seconds,
                 warn=self.log.debug,
                 path=request.path.decode("latin-1"),
+                backlog=self.backlog,
             )
         return ReverseProxyResource(
             self.client,
             model_id,
-            url,
+            lease.process.config.proxy,
+            path if path is not None else request.uri,
             body,
             log_error=self.log.error,
             observer=observer,

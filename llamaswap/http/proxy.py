@@ -16,18 +16,17 @@ from __future__ import annotations
 from typing import Callable
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from llamaswap.http.answers import send_error
-from llamaswap.http.client import UpstreamClient
-from llamaswap.protocols.client import ResponseHeadTimeout, UpstreamConnection
+from llamaswap.http.client import UpstreamClient, UpstreamRequest
+from llamaswap.protocols.client import ResponseHead, ResponseHeadTimeout, UpstreamConnection
 from llamaswap.protocols.failures import describe_failure
 from llamaswap.protocols.sse import sse_event
 
@@ -53,55 +52,61 @@ class ResponseObserver(TypingProtocol):
     Sees a proxied response pass (used for token metrics).
     """
 
-    def response_started(self, code: int, headers: Headers) -> None: ...
+    def response_started(self, head: ResponseHead) -> None: ...
 
     def data_received(self, data: bytes) -> None: ...
 
     def response_ended(self, complete: bool) -> None: ...
 
 
-def connection_tokens(headers: Headers) -> set[bytes]:
+def connection_tokens(values: list[bytes] | None) -> frozenset[bytes]:
     """
     Header names listed in C{Connection}: hop-by-hop for this message too.
     """
-    tokens = set()
-    for value in headers.getRawHeaders(b"connection", []):
-        tokens.update(token.strip().lower() for token in value.split(b",") if token.strip())
-    return tokens
+    if not values:
+        return frozenset()
+    return frozenset(token.strip().lower() for value in values for token in value.split(b",") if token.strip())
 
 
-def forwarded_request_headers(request: Request) -> Headers:
-    headers = Headers()
-    skip = NOT_FORWARDED | connection_tokens(request.requestHeaders)
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        if name.lower() not in skip:
-            headers.setRawHeaders(name, values)
-    client = request.getClientAddress()
-    host = getattr(client, "host", None)
+def forwarded_header_lines(request: Request) -> list[bytes]:
+    """
+    The client's request headers as they go to the server: without the
+    hop-by-hop ones, with the client added to X-Forwarded-For.
+    """
+    headers = request.requestHeaders
+    skip = NOT_FORWARDED | connection_tokens(headers.getRawHeaders(b"connection"))
+    lines = []
+    prior = None
+    for name, values in headers.getAllRawHeaders():
+        lowered = name.lower()
+        if lowered == b"x-forwarded-for":
+            prior = values
+        elif lowered not in skip:
+            lines.extend(name + b": " + value for value in values)
+    host = getattr(request.getClientAddress(), "host", None)
     if host:
-        prior = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
-        chain = b", ".join(prior + [host.encode()]) if prior else host.encode()
-        headers.setRawHeaders(b"x-forwarded-for", [chain])
-    return headers
+        chain = b", ".join([*prior, host.encode()]) if prior else host.encode()
+        lines.append(b"X-Forwarded-For: " + chain)
+    elif prior:
+        lines.extend(b"X-Forwarded-For: " + value for value in prior)
+    return lines
 
 
-def copy_response_headers(upstream: Headers, request: Request) -> None:
-    skip = HOP_BY_HOP | connection_tokens(upstream)
-    for name, values in upstream.getAllRawHeaders():
+def copy_response_headers(head: ResponseHead, request: Request) -> None:
+    skip = HOP_BY_HOP | connection_tokens([value for name, value in head.raw_headers if name.lower() == b"connection"])
+    response_headers = request.responseHeaders
+    for name, value in head.raw_headers:
         if name.lower() not in skip:
-            request.responseHeaders.setRawHeaders(name, values)
-    content_type = upstream.getRawHeaders(b"content-type", [b""])[0].lower()
-    if b"text/event-stream" in content_type:
-        # Tell nginx & co. not to buffer the stream.
-        request.responseHeaders.setRawHeaders(b"x-accel-buffering", [b"no"])
+            response_headers.addRawHeader(name, value)
 
 
 @implementer(IPushProducer)
 class _ProxiedExchange:
     """
-    One client request relayed to one upstream request.  It is the body
-    sink of the upstream connection and the producer feeding the client,
-    so the client's flow control reaches the upstream connection.
+    One client request relayed to one upstream request.  It hears how the
+    upstream request went, is the body sink of the upstream connection and
+    the producer feeding the client, so the client's flow control reaches
+    the upstream connection.
     """
 
     def __init__(self, resource: ReverseProxyResource, request: Request):
@@ -109,7 +114,7 @@ class _ProxiedExchange:
         self.request = request
         self.observer = resource.observer
         self.connection: UpstreamConnection | None = None
-        self.pending: Deferred | None = None
+        self.pending: UpstreamRequest | None = None
         self.client_gone = False
         self.done = False
         self.sse = False
@@ -119,27 +124,33 @@ class _ProxiedExchange:
         request = self.request
         request.notifyFinish().addErrback(self.client_lost)
         resource = self.resource
-        headers = forwarded_request_headers(request)
-        self.pending = resource.client.exchange(
-            request.method, resource.url, headers, resource.body, head_timeout=resource.head_timeout
+        self.pending = resource.client.request(
+            request.method,
+            resource.base,
+            resource.target,
+            forwarded_header_lines(request),
+            resource.body,
+            self,
+            head_timeout=resource.head_timeout,
         )
-        self.pending.addCallbacks(self.got_head, self.request_failed)
 
-    def got_head(self, result) -> None:
+    # ResponseReceiver
+    def head_received(self, connection: UpstreamConnection, head: ResponseHead) -> None:
         self.pending = None
-        connection, head = result
         self.connection = connection
         if self.client_gone:
             connection.abort()
             return
         request = self.request
-        content_type = head.headers.getRawHeaders(b"content-type", [b""])[0].lower()
-        self.sse = b"text/event-stream" in content_type
+        self.sse = b"text/event-stream" in (head.header(b"content-type") or b"").lower()
         if not self.resource.headers_sent:
             request.setResponseCode(head.code, head.phrase)
-            copy_response_headers(head.headers, request)
+            copy_response_headers(head, request)
+            if self.sse:
+                # Tell nginx & co. not to buffer the stream.
+                request.responseHeaders.setRawHeaders(b"x-accel-buffering", [b"no"])
         if self.observer is not None:
-            self.observer.response_started(head.code, head.headers)
+            self.observer.response_started(head)
         self.streaming = True
         request.registerProducer(self, True)
         connection.read_body(self)
@@ -221,7 +232,8 @@ class _ProxiedExchange:
 
 class ReverseProxyResource(Resource):
     """
-    Relay the request being rendered to C{url} on a model server.
+    Relay the request being rendered to C{target} (path and query) on the
+    server at C{base} (a model's proxy URL, which may carry a path prefix).
 
     @param body: the request body to send (already read and maybe
         rewritten), or a body producer to stream it.
@@ -238,7 +250,8 @@ class ReverseProxyResource(Resource):
         self,
         client: UpstreamClient,
         model_id: str,
-        url: bytes,
+        base: str,
+        target: bytes,
         body: bytes | IBodyProducer | None,
         *,
         log_error: Callable[[str], None],
@@ -250,7 +263,8 @@ class ReverseProxyResource(Resource):
         super().__init__()
         self.client = client
         self.model_id = model_id
-        self.url = url
+        self.base = base
+        self.target = target
         self.body = body
         self.log_error = log_error
         self.observer = observer

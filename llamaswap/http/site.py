@@ -19,6 +19,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from llamaswap.http.answers import send_error
+from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.logs import ProxyLog
 
 log = Logger()
@@ -128,11 +129,12 @@ class LlamaswapSite(server.Site):
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, resource: IResource, proxy_log: ProxyLog, clock=None):
+    def __init__(self, resource: IResource, proxy_log: ProxyLog, clock=None, backlog: Backlog | None = None):
         clock = clock if clock is not None else default_reactor
         super().__init__(resource, reactor=clock)
         self.proxy_log = proxy_log
         self.clock = clock
+        self.backlog = backlog if backlog is not None else Backlog(clock)
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)
@@ -143,15 +145,28 @@ class LlamaswapSite(server.Site):
         if getattr(request, "_logged", True) or request.path is None or request.path in UNLOGGED_PATHS:
             return
         request._logged = True
-        client = request.getClientAddress()
-        host = getattr(client, "host", None) or "-"
-        agent = (request.getHeader(b"user-agent") or b"").decode("utf-8", "replace")
-        duration = self.clock.seconds() - getattr(request, "started", self.clock.seconds())
-        path = request.path.decode("utf-8", "replace")
+        if not self.proxy_log.enabled("info"):
+            return
+        now = self.clock.seconds()
+        entry = (
+            getattr(request.getClientAddress(), "host", None) or "-",
+            request.method,
+            request.path,
+            request.clientproto,
+            request.code,
+            request.sentLength,
+            request.getHeader(b"user-agent") or b"",
+            now - getattr(request, "started", now),
+            disconnected,
+        )
+        self.backlog.later(lambda: self._write_log_line(*entry))
+
+    def _write_log_line(self, host, method, path, protocol, code, length, agent, duration, disconnected) -> None:
         note = " (client disconnected)" if disconnected else ""
         self.proxy_log.info(
-            f'Request {host} "{request.method.decode()} {path} {request.clientproto.decode()}" '
-            f'{request.code} {request.sentLength} "{agent}" {format_duration(duration)}{note}'
+            f'Request {host} "{method.decode("latin-1")} {path.decode("utf-8", "replace")} '
+            f'{protocol.decode("latin-1")}" {code} {length} "{agent.decode("utf-8", "replace")}" '
+            f"{format_duration(duration)}{note}"
         )
 
 

@@ -145,6 +145,13 @@ class ModelManager(Service):
 
         return admitted.addCallback(start)
 
+    def use_now(self, model_id: str) -> Lease | None:
+        """
+        A lease on a ready model at once, when nothing stands in the way
+        (the common case); C{None} when L{use} must wait for it.
+        """
+        return self.scheduler.admit_now(model_id)
+
     def is_ready(self, model_id: str) -> bool:
         return self.processes[model_id].state == READY
 

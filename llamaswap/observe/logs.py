@@ -72,13 +72,16 @@ class LogMonitor:
         self._history = History(history_bytes)
         self._log = Logger(namespace=source) if echo else None
 
-    def write(self, data: bytes, level: str = "info") -> None:
+    def write(self, data: bytes, level: str = "info", lines: list[str] | None = None) -> None:
+        """
+        Add C{data}; C{lines} is its text, split, when the caller has it.
+        """
         if not data:
             return
         self._history.append(data)
         if self._log is not None:
             twisted_level = _TWISTED_LEVELS[level]
-            for line in data.decode("utf-8", "replace").splitlines():
+            for line in lines if lines is not None else data.decode("utf-8", "replace").splitlines():
                 self._log.emit(twisted_level, "{line}", line=line)
         if self.bus is not None:
             self.bus.publish(LogData(self.source, data))
@@ -119,7 +122,11 @@ class ProxyLog:
         stamp = ""
         if self.time_format:
             stamp = format_timestamp(self.time_format, self._clock()) + " "
-        self.monitor.write(f"{stamp}[{level.upper()}] {message}\n".encode(), level)
+        line = f"{stamp}[{level.upper()}] {message}"
+        if "\n" in message:
+            self.monitor.write((line + "\n").encode(), level)
+        else:
+            self.monitor.write((line + "\n").encode(), level, [line])
 
     def debug(self, message: str) -> None:
         self.log("debug", message)

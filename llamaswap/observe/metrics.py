@@ -13,15 +13,17 @@ JSON answer is kept up to L{MAX_JSON_BODY} bytes.
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from typing import Any, Callable
 
 from attrs import asdict, evolve, frozen
-from twisted.web.http_headers import Headers
 
 from llamaswap.observe.events import EventBus, TokenMetricsRecorded
-from llamaswap.observe.timestamps import rfc3339_now
+from llamaswap.observe.backlog import Backlog
+from llamaswap.observe.timestamps import rfc3339
 from llamaswap.observe.usage import SSEUsageScanner, usage_of
+from llamaswap.protocols.client import ResponseHead
 
 MAX_JSON_BODY = 8 * 1024 * 1024
 
@@ -139,7 +141,11 @@ class MetricsObserver:
         clock: Callable[[], float],
         warn: Callable[[str], None] | None = None,
         path: str = "",
+        backlog: Backlog | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ):
+        self._backlog = backlog
+        self._wall_clock = wall_clock
         self._store = store
         self._model = model
         self._clock = clock
@@ -153,15 +159,14 @@ class MetricsObserver:
         self._first_generated: float | None = None
         self._last_generated: float | None = None
 
-    def response_started(self, code: int, headers: Headers) -> None:
-        self._ok = code == 200
+    def response_started(self, head: ResponseHead) -> None:
+        self._ok = head.code == 200
         if not self._ok:
             return
-        if headers.getRawHeaders(b"content-encoding"):
+        if head.header(b"content-encoding"):
             self._ok = False  # compressed: nothing we can read cheaply
             return
-        content_type = headers.getRawHeaders(b"content-type", [b""])[0].lower()
-        if b"text/event-stream" in content_type:
+        if b"text/event-stream" in (head.header(b"content-type") or b"").lower():
             self._scanner = SSEUsageScanner()
         else:
             self._body = []
@@ -193,7 +198,7 @@ class MetricsObserver:
         span = (self._last_generated or 0) - (self._first_generated or 0)
         return TokenMetrics(
             id=-1,
-            timestamp=rfc3339_now(),
+            timestamp=rfc3339(self._wall_clock()),
             model=self._model,
             cache_tokens=-1,
             input_tokens=-1,
@@ -206,14 +211,21 @@ class MetricsObserver:
     def response_ended(self, complete: bool) -> None:
         if not (self._ok and complete):
             return
-        duration_ms = round((self._clock() - self._started) * 1000)
+        ended = self._clock()
+        if self._backlog is not None:
+            self._backlog.later(lambda: self._record(ended))
+        else:
+            self._record(ended)
+
+    def _record(self, ended: float) -> None:
+        duration_ms = round((ended - self._started) * 1000)
         document: Any = None
         if self._scanner is not None:
             self._scanner.close()
             document = self._scanner.last
         elif self._body:
             document = usage_of(b"".join(self._body))
-        metrics = metrics_from(document, self._model, duration_ms, rfc3339_now())
+        metrics = metrics_from(document, self._model, duration_ms, rfc3339(self._wall_clock()))
         if metrics is None and self._scanner is not None and self._scanner.generated_events:
             metrics = self._derived(duration_ms)
         if metrics is None:

@@ -5,9 +5,7 @@ RFC 3339 form of the metrics and events.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
-from typing import Callable
 
 
 def _zone(moment: datetime, colon: bool, zulu: bool) -> str:
@@ -71,5 +69,16 @@ def format_timestamp(name: str, when: float) -> str:
     raise ValueError(f"unknown time format {name!r}")
 
 
-def rfc3339_now(clock: Callable[[], float] = time.time) -> str:
-    return datetime.fromtimestamp(clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def rfc3339(when: float) -> str:
+    """
+    C{when} in UTC as C{2026-11-29T14:03:05.123456Z}; the part up to the
+    second is formatted once per second.
+    """
+    global _second_cache
+    second = int(when)
+    if _second_cache[0] != second:
+        _second_cache = (second, datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second_cache[1]}.{int((when - second) * 1_000_000):06d}Z"

@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import Callable
 from typing import Protocol as TypingProtocol
 
-from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -41,6 +40,7 @@ from twisted.web.http_headers import Headers
 MAX_HEAD_BYTES = 64 * 1024
 MAX_CHUNK_LINE = 1024
 NO_BODY_STATUSES = frozenset({204, 304})
+FRAMING_HEADERS = frozenset({b"connection", b"transfer-encoding", b"content-length"})
 
 IDLE = "idle"
 HEAD = "head"
@@ -74,17 +74,76 @@ class ResponseHeadTimeout(UpstreamError):
     """
 
 
-@frozen
 class ResponseHead:
-    code: int
-    phrase: bytes
-    headers: Headers
+    """
+    A response's status and headers, as the server sent them (names keep
+    their case; order and repeats are kept).
+    """
+
+    __slots__ = ("code", "phrase", "raw_headers", "_headers")
+
+    def __init__(self, code: int, phrase: bytes, raw_headers: list[tuple[bytes, bytes]]):
+        self.code = code
+        self.phrase = phrase
+        self.raw_headers = raw_headers
+        self._headers: Headers | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        """
+        The first value of header C{name} (lower case), or C{None}.
+        """
+        for key, value in self.raw_headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = Headers()
+            for name, value in self.raw_headers:
+                self._headers.addRawHeader(name, value)
+        return self._headers
+
+
+class HeadReceiver(TypingProtocol):
+    """
+    Told how the wait for a response head ended.
+    """
+
+    def head_received(self, head: ResponseHead) -> None: ...
+
+    def head_failed(self, error: Exception) -> None: ...
 
 
 class BodySink(TypingProtocol):
     def body_data(self, data: bytes) -> None: ...
 
     def body_done(self, complete: bool, reason: str) -> None: ...
+
+
+class _DeferredHead:
+    """
+    A L{HeadReceiver} that fires a Deferred, for callers that want one.
+    """
+
+    def __init__(self) -> None:
+        self.deferred: Deferred = Deferred()
+
+    def head_received(self, head: ResponseHead) -> None:
+        self.deferred.callback(head)
+
+    def head_failed(self, error: Exception) -> None:
+        self.deferred.errback(error)
+
+
+def header_lines(headers: Headers | list[bytes]) -> list[bytes]:
+    """
+    C{Name: value} lines of a request's headers.
+    """
+    if isinstance(headers, list):
+        return headers
+    return [name + b": " + value for name, values in headers.getAllRawHeaders() for value in values]
 
 
 class UpstreamConnection(Protocol):
@@ -109,7 +168,7 @@ class UpstreamConnection(Protocol):
         self.used = 0
         self._state = IDLE
         self._buffer = b""
-        self._head: Deferred | None = None
+        self._head: HeadReceiver | None = None
         self._head_timer: IDelayedCall | None = None
         self._sink: BodySink | None = None
         self._remaining = 0
@@ -138,34 +197,37 @@ class UpstreamConnection(Protocol):
         method: bytes,
         target: bytes,
         host: bytes,
-        headers: Headers,
+        headers: Headers | list[bytes],
         body: bytes | None = None,
         producer=None,
         head_timeout: float | None = None,
-    ) -> Deferred:
+        receiver: HeadReceiver | None = None,
+    ) -> Deferred | None:
         """
         Send a request.  C{body} (bytes) or C{producer} (an IBodyProducer
-        with a known length) is the request body.
+        with a known length) is the request body; C{headers} are Headers or
+        ready C{Name: value} lines.
 
         @param head_timeout: seconds to wait for the response head once the
             request is sent; then the exchange fails with
             L{ResponseHeadTimeout}.
-        @return: a Deferred firing with the L{ResponseHead}; call L{read_body}
-            after it to receive the body.
+        @param receiver: told of the L{ResponseHead} (or the failure); call
+            L{read_body} after it to receive the body.
+        @return: without a receiver, a Deferred firing with the head.
         """
         if self.busy or self.lost:
             raise UpstreamError("connection not available")
+        waiting = None
+        if receiver is None:
+            receiver = waiting = _DeferredHead()
         self.busy = True
         self.used += 1
         self._state = HEAD
         self._method = method
         self._received_anything = False
         self._keep_alive = True
-        self._head = Deferred()
-        lines = [method + b" " + target + b" HTTP/1.1", b"Host: " + host]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                lines.append(name + b": " + value)
+        self._head = receiver
+        lines = [method + b" " + target + b" HTTP/1.1", b"Host: " + host, *header_lines(headers)]
         length = len(body) if body is not None else (producer.length if producer is not None else None)
         if length is not None and (length or method not in (b"GET", b"HEAD")):
             lines.append(b"Content-Length: " + str(length).encode())
@@ -179,7 +241,7 @@ class UpstreamConnection(Protocol):
             sending.addBoth(self._body_sent)
         if head_timeout is not None and self.clock is not None:
             self._head_timer = self.clock.callLater(head_timeout, self._head_timed_out, head_timeout)
-        return self._head
+        return waiting.deferred if waiting is not None else None
 
     def _body_sent(self, result):
         if not self.lost:
@@ -261,29 +323,34 @@ class UpstreamConnection(Protocol):
             return False
         if 100 <= code < 200 and code != 101:
             return True  # an interim answer (100 Continue): the real one follows
-        headers = Headers()
+        headers = []
+        framing: dict[bytes, list[bytes]] = {}
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or not name or name != name.strip():
                 self._malformed_head(f"malformed header line from upstream: {line[:80]!r}")
                 return False
-            headers.addRawHeader(name, value.strip())
-        next_state = self._body_framing(version, code, headers)
+            value = value.strip()
+            headers.append((name, value))
+            lowered = name.lower()
+            if lowered in FRAMING_HEADERS:
+                framing.setdefault(lowered, []).append(value)
+        next_state = self._body_framing(version, code, framing)
         if next_state is None:
             return False
         self._cancel_head_timer()
         self._state = next_state
-        head, self._head = self._head, None
-        head.callback(ResponseHead(code, status[2] if len(status) > 2 else b"", headers))
+        receiver, self._head = self._head, None
+        receiver.head_received(ResponseHead(code, status[2] if len(status) > 2 else b"", headers))
         return True
 
-    def _body_framing(self, version: bytes, code: int, headers: Headers) -> str | None:
+    def _body_framing(self, version: bytes, code: int, framing: dict[bytes, list[bytes]]) -> str | None:
         """
         The state the body starts in, by RFC 9112's rules for how a
         response body is delimited; C{None} (and the exchange failed) for an
         unreadable Content-Length.
         """
-        connection = b",".join(headers.getRawHeaders(b"connection", [])).lower()
+        connection = b",".join(framing.get(b"connection", ())).lower()
         if version == b"HTTP/1.0":
             self._keep_alive = b"keep-alive" in connection
         elif b"close" in connection:
@@ -291,9 +358,9 @@ class UpstreamConnection(Protocol):
         if self._method == b"HEAD" or code in NO_BODY_STATUSES:
             self._remaining = 0
             return BODY_LENGTH
-        if b"chunked" in b",".join(headers.getRawHeaders(b"transfer-encoding", [])).lower():
+        if b"chunked" in b",".join(framing.get(b"transfer-encoding", ())).lower():
             return CHUNK_SIZE
-        lengths = headers.getRawHeaders(b"content-length")
+        lengths = framing.get(b"content-length")
         if not lengths:
             self._keep_alive = False
             return BODY_UNTIL_CLOSE
@@ -399,9 +466,9 @@ class UpstreamConnection(Protocol):
     def _fail_head(self, error: Exception) -> None:
         self._cancel_head_timer()
         self.reusable = False
-        head, self._head = self._head, None
-        if head is not None and not head.called:
-            head.errback(error)
+        receiver, self._head = self._head, None
+        if receiver is not None:
+            receiver.head_failed(error)
 
     def _malformed_head(self, message: str) -> None:
         self._state = DONE

@@ -300,6 +300,7 @@ def test_unload_endpoints(server):
 
 def test_access_log_line(server):
     server.fetch("GET", "/health", headers={"User-Agent": "test-agent/1.0"})
+    server.advance(0.01)  # written once the answer is on its way
     history = server.service.logs.proxy_monitor.history().decode()
     line = [entry for entry in history.splitlines() if "GET /health" in entry][-1]
     assert line.startswith('[INFO] Request 127.0.0.1 "GET /health HTTP/1.1" 200 2 "test-agent/1.0" ')
@@ -398,6 +399,7 @@ def test_favicon_and_wol_health(server):
     assert response.headers.getRawHeaders("content-type") == ["image/x-icon"]
     assert body.startswith(b"\x00\x00\x01\x00")  # an ICO file
     assert server.fetch("GET", "/wol-health")[1] == b"OK"
+    server.advance(0.01)
     history = server.service.logs.proxy_monitor.history().decode()
     assert "GET /favicon.ico" in history
     assert "GET /wol-health" not in history  # the wake-on-LAN proxy's checks are not logged

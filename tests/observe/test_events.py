@@ -160,6 +160,7 @@ def test_events_stream_initial_state_and_load_unload_cycle(memory):
     server = memory(CONFIG)
     server.chat("m")  # one metric exists before we connect
     server.fetch("GET", "/unload")
+    server.advance(0.01)
     response, events = connect(server)
     assert response.headers.getRawHeaders("content-type") == ["text/event-stream"]
     assert response.headers.getRawHeaders("cache-control") == ["no-cache"]
@@ -176,6 +177,7 @@ def test_events_stream_initial_state_and_load_unload_cycle(memory):
     events.messages.clear()
     server.chat("m")
     server.fetch("GET", "/unload")
+    server.advance(0.01)
     states = [next(entry["state"] for entry in status if entry["id"] == "m") for status in events.of_type("modelStatus")]
     assert states == ["starting", "ready", "stopping", "stopped"]
     metrics = events.of_type("metrics")

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 
-from twisted.web.http_headers import Headers
-
 from llamaswap.observe.events import EventBus, TokenMetricsRecorded
 from llamaswap.observe.metrics import MetricsObserver, MetricsStore, metrics_from
 from llamaswap.observe.usage import SSEUsageScanner, usage_of
+from llamaswap.protocols.client import ResponseHead
 from tests.helpers import fake
 
 
@@ -105,7 +104,7 @@ def observe(content_type: bytes, pieces, code=200, clock=None):
     store = MetricsStore(None)
     clock = clock or Clock()
     observer = MetricsObserver(store, "m", clock)
-    observer.response_started(code, Headers({b"content-type": [content_type]}))
+    observer.response_started(ResponseHead(code, b"", [(b"Content-Type", content_type)]))
     for piece in pieces:
         observer.data_received(piece)
     clock.now += 0.25
@@ -122,7 +121,7 @@ def test_stream_without_usage_derives_what_it_can():
     clock = Clock()
     store = MetricsStore(None)
     observer = MetricsObserver(store, "m", clock)
-    observer.response_started(200, Headers({b"content-type": [b"text/event-stream"]}))
+    observer.response_started(ResponseHead(200, b"", [(b"content-type", b"text/event-stream")]))
     observer.data_received(b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\n')
     for index in range(5):
         clock.now += 0.1
@@ -164,6 +163,7 @@ def test_metrics_of_proxied_responses(memory):
         "POST", "/v1/chat/completions?no_timings=1&no_usage=1&chunks=6&delay=0.02", json={"model": "m", "stream": True}
     )
     server.fetch("POST", "/v1/embeddings", json={"model": "m", "input": ["abcdefgh"]})
+    server.advance(0.01)  # recorded once the answers are on their way
     metrics = json.loads(server.fetch("GET", "/api/metrics")[1])
     assert [item["id"] for item in metrics] == [0, 1, 2, 3, 4, 5]
     plain_timed, plain, streamed_timed, streamed, derived, embeddings = metrics
