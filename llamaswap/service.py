@@ -13,15 +13,14 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python.filepath import FilePath
 
 from llamaswap.config import Config, ConfigError, load_config
-from llamaswap.config.watcher import ConfigWatcher
-from llamaswap.http.client import UpstreamClient, UpstreamEndpoints, plain_client
+from llamaswap.http.client import UpstreamClient, UpstreamEndpoints
 from llamaswap.http.gateway import Gateway
 from llamaswap.http.listen import ListeningService, display_url
 from llamaswap.http.routes import Routes
 from llamaswap.http.site import LlamaswapSite, RootResource
 from llamaswap.models.manager import ModelManager
 from llamaswap.models.process import ModelProcess
-from llamaswap.models.readiness import PROBE_CONNECT_TIMEOUT, http_probe
+from llamaswap.models.readiness import PROBE_CONNECT_TIMEOUT, Probes, connect_probe, http_probe
 from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.events import ConfigFileChanged, EventBus
 from llamaswap.observe.logs import Logs
@@ -77,9 +76,17 @@ class LlamaswapService(MultiService):
         self.logs = Logs(self.bus, config.log_level, config.log_time_format)
         self.metrics = MetricsStore(self.bus, config.metrics_max_in_memory)
         self.client = UpstreamClient(reactor, endpoints)
+        self.probe_client: UpstreamClient | None = None
         if probe is None:
             probe_endpoints = endpoints or UpstreamEndpoints(reactor, PROBE_CONNECT_TIMEOUT)
-            probe = http_probe(plain_client(reactor, probe_endpoints), reactor)
+            self.probe_client = UpstreamClient(reactor, probe_endpoints)
+            probe = Probes(
+                http=http_probe(self.probe_client, reactor),
+                connect=connect_probe(
+                    probe_endpoints,
+                    lambda url, why: self.logs.proxy.warn(f"not waiting for {url} to accept connections: {why}"),
+                ),
+            )
         self.manager = ModelManager(
             config, reactor=reactor, logs=self.logs, bus=self.bus, probe=probe, process_factory=process_factory
         )
@@ -101,6 +108,8 @@ class LlamaswapService(MultiService):
             self.http = ListeningService(serverFromString(reactor, listen), self.site)
             self.http.setServiceParent(self)
         if watch_config and config_path:
+            from llamaswap.config.watcher import ConfigWatcher
+
             self.watcher = ConfigWatcher(config_path, self.reload_config, reactor)
             self.watcher.setServiceParent(self)
 
@@ -133,7 +142,7 @@ class LlamaswapService(MultiService):
         """
         self.bus.publish(ConfigFileChanged("start"))
         try:
-            config = load_config(self.config_path)
+            config = load_config(self.config_path, previous=self.config)
         except ConfigError as error:
             self.logs.proxy.error(f"configuration not reloaded, the previous one stays in use: {error}")
             self.bus.publish(ConfigFileChanged("end"))
@@ -162,7 +171,9 @@ class LlamaswapService(MultiService):
 
         def close_connections(result):
             self.backlog.run()
-            closing = self.client.close()
-            return closing.addCallback(lambda _: result) if closing is not None else result
+            for client in (self.client, self.probe_client):
+                if client is not None:
+                    client.close()
+            return result
 
         return stopping.addBoth(close_connections)

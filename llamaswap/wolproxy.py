@@ -18,14 +18,14 @@ from urllib.parse import urlsplit
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.web import server
 from twisted.web.resource import Resource
 
 from llamaswap.http.answers import send_error
 from llamaswap.http.bodies import spooled_body
-from llamaswap.http.client import UpstreamClient, UpstreamEndpoints, plain_client
+from llamaswap.http.client import UpstreamClient, UpstreamEndpoints
 from llamaswap.http.listen import ListeningService
 from llamaswap.http.proxy import ReverseProxyResource
 from llamaswap.http.site import TrackedRequest
@@ -108,13 +108,13 @@ class UpstreamMonitor(Service):
     def __init__(self, reactor, upstream: str):
         self._reactor = reactor
         self.events_url = upstream.rstrip("/") + "/api/events"
-        self._client = plain_client(reactor, UpstreamEndpoints(reactor, CONNECT_TIMEOUT))
+        self._client = UpstreamClient(reactor, UpstreamEndpoints(reactor, CONNECT_TIMEOUT))
         self.status = NOT_READY
         self.failures = 0
         self._waiters: list[Deferred] = []
         self._retry = None
         self._attempt: Deferred | None = None
-        self._body: Protocol | None = None
+        self._stream = None
 
     def startService(self) -> None:
         super().startService()
@@ -126,8 +126,9 @@ class UpstreamMonitor(Service):
             self._retry.cancel()
         if self._attempt is not None:
             self._attempt.cancel()
-        if self._body is not None and self._body.transport is not None:
-            self._body.transport.stopProducing()
+        if self._stream is not None:
+            self._stream.abort()
+        self._client.close()
 
     def when_ready(self) -> Deferred:
         waiter: Deferred = Deferred(self._waiters.remove)
@@ -148,33 +149,38 @@ class UpstreamMonitor(Service):
         if not self.running:
             return
         log.debug("connecting to {url}", url=self.events_url)
-        self._attempt = self._client.get(self.events_url, headers={b"accept": [b"text/event-stream"]})
+        self._attempt = self._client.exchange(
+            b"GET", self.events_url.encode("utf-8"), [b"Accept: text/event-stream"], None
+        )
         self._attempt.addCallbacks(self._connected, self._failed)
 
-    def _connected(self, response) -> None:
+    def _connected(self, result) -> None:
         self._attempt = None
-        if response.code != 200:
-            log.warn("upstream event stream answered {code}", code=response.code)
-            response.deliverBody(Protocol())
+        connection, head = result
+        if head.code != 200:
+            log.warn("upstream event stream answered {code}", code=head.code)
+            connection.abort()
             self._down()
             return
         log.info("connected to the upstream's event stream: upstream ready")
         self.status = READY
         self.failures = 0
-        monitor = self
-
-        class _Watch(Protocol):
-            def connectionLost(self, reason):
-                monitor._body = None
-                if monitor.running:
-                    log.info("upstream event stream closed: upstream not ready")
-                    monitor._down()
-
-        self._body = _Watch()
-        response.deliverBody(self._body)
+        self._stream = connection
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)
+        connection.read_body(self)
+
+    # the event stream's body: only its end matters
+    def body_data(self, data: bytes) -> None:
+        pass
+
+    def body_done(self, complete: bool, reason: str) -> None:
+        self._stream = None
+        if self.running:
+            if self.status == READY:
+                log.info("upstream event stream closed: upstream not ready")
+            self._down()
 
     def _failed(self, failure) -> None:
         self._attempt = None

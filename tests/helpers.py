@@ -21,6 +21,7 @@ from twisted.internet.protocol import Protocol
 
 from llamaswap.config import Config, parse_config
 from llamaswap.models.process import ModelProcess
+from llamaswap.models.readiness import Probes
 from llamaswap.observe.events import EventBus, ProcessStateChanged
 from llamaswap.observe.logs import Logs
 from llamaswap.testing.fakes import FakeKillpg, FakeReactor, ScriptedProbe
@@ -52,7 +53,7 @@ class ProcessHarness:
                 reactor=self.reactor,
                 logs=self.logs,
                 on_state_change=self._state_changed,
-                probe=self.probe,
+                probe=Probes(http=self.probe, connect=self.probe),
                 health_check_timeout=self.config.health_check_timeout,
                 environ={"PATH": "/usr/bin:/bin", "HOME": "/root"},
                 killpg=self.killpg,

@@ -121,6 +121,41 @@ def test_reload_keeps_unchanged_models_and_their_streams(watched):
 
 
 @pytest_twisted.inlineCallbacks
+def test_automatic_ports_are_sticky_so_unchanged_models_keep_running(watched):
+    """
+    Add a model whose id sorts first, remove one and rename one while a
+    stream from an unchanged model runs: its ${PORT} stays, so it is not
+    restarted and the stream completes.
+    """
+    ports = free_port_range(10)
+    models = {name: f"cmd: {fake(name)}" for name in ("keep", "remove", "rename")}
+    server, path = watched(config_text(ports, **models) + "groups:\n  all:\n    swap: false\n    members: [keep, remove, rename]\n")
+    for name in models:
+        assert (yield server.chat(name)).code == 200
+    keep_pid = server.process("keep").pid
+    keep_port = server.service.config.models["keep"].port
+    response = yield server.post("/v1/chat/completions?chunks=30&delay=0.1", json={"model": "keep", "stream": True})
+    stream = Body()
+    response.deliverBody(stream)
+    yield sleep(0.3)
+
+    renamed = {"aaa-first": f"cmd: {fake('aaa-first')}", "keep": models["keep"], "renamed": f"cmd: {fake('renamed')}"}
+    path.write_text(config_text(ports, **renamed) + "groups:\n  all:\n    swap: false\n    members: [aaa-first, keep, renamed]\n")
+    yield wait_until(lambda: "renamed" in server.service.config.models, timeout=5)
+    history = server.service.logs.proxy_monitor.history().decode()
+    assert "2 added ['aaa-first', 'renamed'], 0 changed [], 2 removed ['remove', 'rename'], 1 unchanged" in history
+    assert server.service.config.models["keep"].port == keep_port
+    for name in ("aaa-first", "renamed"):
+        answer = yield json_of((yield server.chat(name)))
+        assert answer["responseMessage"] == name
+
+    yield stream.done
+    events = [line for line in stream.data.decode().split("\n") if line.startswith("data: {")]
+    assert len(events) == 32  # 30 chunks, the final chunk and usage: nothing lost
+    assert server.process("keep").pid == keep_pid
+
+
+@pytest_twisted.inlineCallbacks
 def test_changed_model_finishes_its_request_before_restarting(watched):
     ports = free_port_range(4)
     server, path = watched(config_text(ports, m=f"cmd: {fake('old')}"))

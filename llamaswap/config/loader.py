@@ -85,9 +85,10 @@ MODEL_KEYS = {
 GROUP_KEYS = {"swap", "exclusive", "persistent", "members"}
 
 
-def load_config(path: str) -> Config:
+def load_config(path: str, previous: Config | None = None) -> Config:
     """
-    Read and validate the configuration file at C{path}.
+    Read and validate the configuration file at C{path}; with the
+    configuration it replaces, models keep their automatic ports.
     """
     try:
         with open(path, encoding="utf-8") as handle:
@@ -96,12 +97,44 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"cannot read config file '{path}': {error.strerror or error}") from None
     except UnicodeDecodeError as error:
         raise ConfigError(f"config file '{path}' is not UTF-8 text: {error}") from None
-    return parse_config(text)
+    return parse_config(text, previous)
 
 
-def parse_config(text: str) -> Config:
+class PortAllocator:
     """
-    Validate configuration text and build the L{Config} it describes.
+    Hands out the automatic C{${PORT}} numbers, from C{startPort} on.
+
+    On a reload, a model that was already configured keeps the port it had
+    (so that a model whose settings did not change is not restarted just
+    because another one was added before it); new models take the lowest
+    ports nobody else holds, and the ports of removed models are free again.
+    """
+
+    def __init__(self, start: int, previous: Config | None, model_ids: set[str]):
+        self.start = start
+        self._kept: dict[str, int] = {}
+        if previous is not None:
+            for model_id in sorted(model_ids & set(previous.models)):
+                port = previous.models[model_id].port
+                if port is not None and port >= start and port not in self._kept.values():
+                    self._kept[model_id] = port
+        self._taken = set(self._kept.values())
+        self._next = start
+
+    def port_for(self, model_id: str) -> int:
+        if model_id in self._kept:
+            return self._kept[model_id]
+        while self._next in self._taken:
+            self._next += 1
+        port = self._next
+        self._taken.add(port)
+        return port
+
+
+def parse_config(text: str, previous: Config | None = None) -> Config:
+    """
+    Validate configuration text and build the L{Config} it describes (see
+    L{PortAllocator} for what C{previous} is for).
     """
     warnings: list[str] = []
     top = Fields(read_yaml(text), "config", TOP_LEVEL_KEYS, warnings)
@@ -162,20 +195,17 @@ def parse_config(text: str) -> Config:
         models_by_id[model_id] = value
 
     models: dict[str, ModelConfig] = {}
-    next_port = start_port
+    ports = PortAllocator(start_port, previous, set(models_by_id))
     for model_id in sorted(models_by_id):
-        model, uses_port = _build_model(
+        models[model_id] = _build_model(
             model_id,
             models_by_id[model_id],
             global_macros,
-            next_port,
+            ports,
             send_loading_state,
             stop_timeout,
             warnings,
         )
-        if uses_port:
-            next_port += 1
-        models[model_id] = model
 
     aliases: dict[str, str] = {}
     for model_id in sorted(models):
@@ -214,11 +244,11 @@ def _build_model(
     model_id: str,
     data: Any,
     global_macros: list[tuple[str, Any]],
-    port: int,
+    ports: PortAllocator,
     global_loading_state: bool,
     global_stop_timeout: float,
     warnings: list[str],
-) -> tuple[ModelConfig, bool]:
+) -> ModelConfig:
     where = f"model {model_id}"
     fields = Fields(data, f"model '{model_id}'", MODEL_KEYS, warnings)
     if not fields.text("cmd").strip():
@@ -242,13 +272,14 @@ def _build_model(
 
     cmd_uses_port = "${PORT}" in texts["cmd"]
     proxy_uses_port = "${PORT}" in texts["proxy"]
-    uses_port = cmd_uses_port or proxy_uses_port
-    if uses_port:
+    port = None
+    if cmd_uses_port or proxy_uses_port:
         if not cmd_uses_port:
             raise ConfigError(
                 f"model {model_id}: proxy uses ${{PORT}} but cmd does not - "
                 "${PORT} is only available when used in cmd"
             )
+        port = ports.port_for(model_id)
         port_macro = [("PORT", port)]
         for name in ("cmd", "cmdStop", "proxy"):
             texts[name] = _macros.substitute_text(texts[name], port_macro)
@@ -330,8 +361,9 @@ def _build_model(
         send_loading_state=fields.boolean("sendLoadingState", global_loading_state),
         stop_timeout=stop_timeout,
         macros=tuple(model_macros),
+        port=port,
     )
-    return model, uses_port
+    return model
 
 
 def _build_groups(

@@ -19,10 +19,8 @@ C{0.7}, C{1e+06}), again so that commands come out identical.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
-from decimal import Decimal
 from typing import Any, Iterable, Mapping, Sequence
 
 MACRO_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -58,6 +56,8 @@ def _format_float(value: float) -> str:
         return "+Inf" if value > 0 else "-Inf"
     if value == 0:
         return "-0" if math.copysign(1, value) < 0 else "0"
+    from decimal import Decimal  # only for floats, which few configurations have
+
     sign, digits, exponent = Decimal(repr(value)).as_tuple()
     text = "".join(map(str, digits)).rstrip("0") or "0"
     exponent += len(digits) - len(text)
@@ -200,6 +200,8 @@ def suggestion(name: str, known: Iterable[str]) -> str:
     """
     A " (did you mean ...?)" hint for a misspelt macro name, or "".
     """
+    import difflib  # only when there is a mistake to explain
+
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f" (did you mean '${{{close[0]}}}'?)" if close else ""
 

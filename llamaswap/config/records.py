@@ -68,6 +68,7 @@ class ModelConfig:
     send_loading_state: bool = False
     stop_timeout: float = 5.0
     macros: tuple[tuple[str, Any], ...] = ()
+    port: int | None = None  # the automatic ${PORT}, when the model uses one
 
     @property
     def strip_params(self) -> tuple[str, ...]:

@@ -1,20 +1,19 @@
 """
-How llamaswap reaches model servers (and, later, peers).
+How llamaswap reaches model servers (and, later, peers): the one HTTP
+client of the service.
 
-There are two clients, each for what it is good at:
+L{UpstreamClient} keeps a pool of keep-alive connections per server address
+and speaks through the lean L{llamaswap.protocols.client.UpstreamConnection},
+with flow control from the first byte to the last.  It relays client
+requests on the hot path, and also makes llamaswap's own few requests
+(readiness probes, the wol-proxy's event monitor) through L{exchange}.  Why
+not Agent or treq for those: see the "HTTP client" note in
+benchmarks/README.md -- in short, the lean client halves the proxy's CPU per
+request, and treq would load TLS into every process.
 
-  - L{UpstreamClient} relays client requests: a pool of keep-alive
-    connections per upstream address, speaking through the lean
-    L{llamaswap.protocols.client.UpstreamConnection}, with flow control
-    from the first byte to the last.  It is on the hot path of every
-    request, so it does nothing else.
-  - L{plain_client} is treq, for the ordinary requests llamaswap makes on
-    its own behalf (readiness probes, the wol-proxy's event monitor):
-    nothing to relay, so the general-purpose client is the right one.
-
-Both connect through L{UpstreamEndpoints}: no DNS round trip for IP
-literals and localhost, and any endpoint a test wants to put in their
-place.
+Connections are made through L{UpstreamEndpoints}: no DNS round trip for IP
+literals and localhost, TLS for https URLs, and any endpoint a test wants
+to put in their place.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
 
 from attrs import frozen
-from treq.client import HTTPClient
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -36,12 +34,12 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
+from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from llamaswap.http.bodies import FileProducer
+from llamaswap.http.listen import TLS_MISSING, tls_available
 from llamaswap.protocols.client import NoResponse, ResponseHead, UpstreamConnection
 
 POOL_SIZE_PER_UPSTREAM = 64
@@ -50,30 +48,6 @@ POOL_SIZE_PER_UPSTREAM = 64
 # request on a connection that is being closed.
 IDLE_CONNECTION_SECONDS = 2.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
-
-
-class _QuietFactory(Factory):
-    """
-    Builds the wrapped factory's protocols without its "Starting factory"
-    log line for every connection.
-    """
-
-    noisy = False
-
-    def __init__(self, wrapped: Factory):
-        self.wrapped = wrapped
-
-    def buildProtocol(self, addr):
-        return self.wrapped.buildProtocol(addr)
-
-
-@implementer(IStreamClientEndpoint)
-class _Quietly:
-    def __init__(self, endpoint):
-        self.endpoint = endpoint
-
-    def connect(self, factory):
-        return self.endpoint.connect(_QuietFactory(factory))
 
 
 @implementer(IStreamClientEndpoint)
@@ -104,7 +78,12 @@ class _FirstThatAnswers:
         return attempt()
 
 
-@implementer(IAgentEndpointFactory)
+class TLSUnavailable(Exception):
+    """
+    An https URL, and no TLS support installed.
+    """
+
+
 class UpstreamEndpoints:
     """
     Endpoints for model server URLs, with no DNS round trip for IP
@@ -114,10 +93,6 @@ class UpstreamEndpoints:
     def __init__(self, reactor, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT):
         self._reactor = reactor
         self._timeout = connect_timeout
-        self._tls_policy = BrowserLikePolicyForHTTPS()
-
-    def endpointForURI(self, uri):
-        return _Quietly(self.endpoint(uri.scheme.decode("ascii"), uri.host.decode("ascii"), uri.port))
 
     def endpoint(self, scheme: str, host: str, port: int):
         bare = host.strip("[]")
@@ -136,17 +111,12 @@ class UpstreamEndpoints:
         else:
             endpoint = HostnameEndpoint(reactor, bare.encode("idna"), port, timeout=timeout)
         if scheme == "https":
-            endpoint = wrapClientTLS(self._tls_policy.creatorForNetloc(bare.encode("idna"), port), endpoint)
+            if not tls_available():
+                raise TLSUnavailable(f"cannot reach https://{host}:{port}: {TLS_MISSING}")
+            from twisted.internet.ssl import optionsForClientTLS, platformTrust
+
+            endpoint = wrapClientTLS(optionsForClientTLS(bare, trustRoot=platformTrust()), endpoint)
         return endpoint
-
-
-def plain_client(reactor, endpoints: UpstreamEndpoints | None = None, persistent: bool = False) -> HTTPClient:
-    """
-    treq over L{UpstreamEndpoints}, for llamaswap's own requests.
-    """
-    endpoints = endpoints if endpoints is not None else UpstreamEndpoints(reactor)
-    pool = HTTPConnectionPool(reactor, persistent=persistent)
-    return HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
 
 
 class ResponseReceiver(TypingProtocol):
@@ -344,7 +314,11 @@ class UpstreamClient:
             lambda: UpstreamConnection(lambda connection: self._park(key, connection), self._reactor)
         )
         factory.noisy = False
-        return self._endpoints.endpoint(scheme, host, port).connect(factory)
+        try:
+            endpoint = self._endpoints.endpoint(scheme, host, port)
+        except Exception:
+            return fail()
+        return endpoint.connect(factory)
 
     def _take(self, key: tuple) -> UpstreamConnection | None:
         idle = self._idle.get(key)

@@ -27,8 +27,24 @@ ENDPOINT_TYPES = {"tcp", "tcp6", "ssl", "unix", "systemd", "tls", "le", "lets", 
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]*):(?P<port>\d+)$")
 
 
+TLS_MISSING = "HTTPS needs TLS support, which is not installed: pip install 'llamaswap[tls]'"
+
+
 class ListenError(ValueError):
     pass
+
+
+def tls_available() -> bool:
+    """
+    Whether Twisted can speak TLS here (pyOpenSSL is installed).  TLS is an
+    extra because loading it costs every llamaswap process about 12 MB,
+    whether or not it uses HTTPS.
+    """
+    try:
+        import OpenSSL  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _escape(value: str) -> str:
@@ -69,6 +85,8 @@ def endpoint_description(listen: str | None, cert_file: str | None = None, key_f
             description = "ssl:" + listen.split(":", 1)[1]
     if tls:
         description += f":certKey={_escape(cert_file)}:privateKey={_escape(key_file)}"
+    if description.split(":", 1)[0] in ("ssl", "tls") and not tls_available():
+        raise ListenError(TLS_MISSING)
     return description
 
 

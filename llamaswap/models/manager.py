@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 
 from llamaswap.config import Config, changed_models
 from llamaswap.models.process import READY, STOPPED, ModelProcess
-from llamaswap.models.readiness import Probe
+from llamaswap.models.readiness import Probes
 from llamaswap.observe.events import EventBus, ModelPreloaded, ProcessStateChanged
 from llamaswap.observe.logs import Logs
 from llamaswap.routing.scheduler import Lease, Scheduler
@@ -34,7 +34,7 @@ class ModelManager(Service):
         reactor,
         logs: Logs,
         bus: EventBus,
-        probe: Probe,
+        probe: Probes,
         process_factory: Callable[..., ModelProcess] = ModelProcess,
     ):
         self.config = config

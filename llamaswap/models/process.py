@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from llamaswap.config import ModelConfig
 from llamaswap.models import launcher
-from llamaswap.models.readiness import NotReady, Probe, wait_until_ready
+from llamaswap.models.readiness import NotReady, Probes, wait_until_ready
 from llamaswap.models.ttl import IdleTimer
 from llamaswap.observe.logs import Logs
 from llamaswap.protocols.process import UpstreamProcessProtocol, describe_exit
@@ -78,7 +78,7 @@ class ModelProcess:
         *,
         reactor,
         logs: Logs,
-        probe: Probe,
+        probe: Probes,
         health_check_timeout: float,
         on_state_change: StateCallback | None = None,
         environ: Mapping[str, str] | None = None,
@@ -293,12 +293,13 @@ class ModelProcess:
             return
         self.pid = self._transport.pid
         url = self.config.health_url
+        probe = self._probe.http
         if url is None:
-            self._reactor.callLater(0, self._became_ready)
-            return
+            # No health check: ready once it accepts connections.
+            url, probe = self.config.proxy, self._probe.connect
         self._readiness = wait_until_ready(
             self._reactor,
-            self._probe,
+            probe,
             url,
             self.health_check_timeout,
             on_attempt=lambda why: self._logs.proxy.debug(
@@ -309,10 +310,12 @@ class ModelProcess:
 
     def _readiness_passed(self, seconds: float) -> None:
         self._readiness = None
-        self._logs.proxy.info(
-            f"<{self.id}> ready after {self._reactor.seconds() - self._started_at:.2f}s "
-            f"(health check passed on {self.config.health_url})"
+        check = (
+            f"health check passed on {self.config.health_url}"
+            if self.config.health_url
+            else f"accepting connections on {self.config.proxy}"
         )
+        self._logs.proxy.info(f"<{self.id}> ready after {self._reactor.seconds() - self._started_at:.2f}s ({check})")
         self._became_ready()
 
     def _readiness_failed(self, failure: Failure) -> None:

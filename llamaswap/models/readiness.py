@@ -1,5 +1,6 @@
 """
-Readiness: poll a model server's health URL until it answers 200.
+Readiness: poll a model server's health URL until it answers 200 -- or,
+with C{checkEndpoint: none}, until it accepts a connection at all.
 
 The original polls every 5 seconds after a fixed 250 ms pause, so a server
 that is ready after 300 ms costs more than 5 seconds.  Here the interval
@@ -10,15 +11,20 @@ grows with the time already spent -- one twentieth of it, between 20 ms and
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+from urllib.parse import urlsplit
 
-from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
+from attrs import frozen
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from llamaswap.protocols.failures import describe_failure
+
+if TYPE_CHECKING:
+    from llamaswap.http.client import UpstreamClient, UpstreamEndpoints
 
 MIN_INTERVAL = 0.02
 MAX_INTERVAL = 1.0
@@ -26,6 +32,18 @@ PROBE_CONNECT_TIMEOUT = 0.5
 PROBE_RESPONSE_TIMEOUT = 5.0
 
 Probe = Callable[[str], Deferred]  # fires with the HTTP status code
+
+
+@frozen
+class Probes:
+    """
+    The two ways of asking a server whether it is ready: C{http} GETs its
+    health URL; C{connect}, for models without a health check, only opens
+    a connection to it (a refused connection means "still starting").
+    """
+
+    http: Probe
+    connect: Probe
 
 
 class NotReady(Exception):
@@ -65,7 +83,7 @@ def wait_until_ready(
 
     def attempt() -> None:
         state["call"] = None
-        probing = probe(url)
+        probing = maybeDeferred(probe, url)
         state["probe"] = probing
         probing.addCallbacks(answered, failed)
 
@@ -101,21 +119,59 @@ def wait_until_ready(
     return result
 
 
-def http_probe(client: HTTPClient, reactor) -> Probe:
+class _Discard:
+    def body_data(self, data: bytes) -> None:
+        pass
+
+    def body_done(self, complete: bool, reason: str) -> None:
+        pass
+
+
+def http_probe(client: UpstreamClient, reactor) -> Probe:
     """
-    A probe that GETs the URL (through C{client}, a treq client with a
-    short connect timeout) and reports the status code.
+    A probe that GETs the URL through C{client} (whose endpoints should
+    have a short connect timeout) and reports the status code.
     """
 
     def probe(url: str) -> Deferred:
-        requesting = client.get(url)
+        requesting = client.exchange(b"GET", url.encode("utf-8"), [], None)
 
-        def got_response(response):
-            response.deliverBody(Protocol())  # the status is all we need
-            return response.code
+        def answered(result):
+            connection, head = result
+            connection.read_body(_Discard())  # the status is all we need
+            return head.code
 
-        requesting.addCallback(got_response)
+        requesting.addCallback(answered)
         requesting.addTimeout(PROBE_RESPONSE_TIMEOUT, reactor)
         return requesting
+
+    return probe
+
+
+def connect_probe(endpoints: UpstreamEndpoints, on_other_error: Callable[[str, str], None] | None = None) -> Probe:
+    """
+    A probe that only opens a TCP connection to the server (and closes it):
+    200 once it is accepted.  A refused connection is the one failure that
+    means "not listening yet"; any other error is not waited out -- the
+    probe answers 200 too, and the request that follows meets the error.
+    """
+
+    def probe(url: str) -> Deferred:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        connecting = endpoints.endpoint("http", parts.hostname or "", port).connect(Factory.forProtocol(Protocol))
+
+        def connected(protocol) -> int:
+            protocol.transport.loseConnection()
+            return 200
+
+        def failed(failure):
+            if failure.check(ConnectionRefusedError):
+                return failure
+            if on_other_error is not None:
+                on_other_error(url, describe_failure(failure))
+            return 200
+
+        return connecting.addCallbacks(connected, failed)
 
     return probe

@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from attrs import asdict, evolve, frozen
 
-from llamaswap.observe.events import EventBus, TokenMetricsRecorded
 from llamaswap.observe.backlog import Backlog
+from llamaswap.observe.events import EventBus, TokenMetricsRecorded
 from llamaswap.observe.timestamps import rfc3339
 from llamaswap.observe.usage import SSEUsageScanner, usage_of
 from llamaswap.protocols.client import ResponseHead

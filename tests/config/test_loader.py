@@ -204,6 +204,43 @@ def test_automatic_port_assignment_in_sorted_order():
     assert config.models["model3"].cmd == "svr --port 1999"
 
 
+def test_ports_are_sticky_across_reloads():
+    first = parse(
+        """
+        models:
+          keep: {cmd: "svr --port ${PORT}"}
+          change: {cmd: "svr --port ${PORT}"}
+          remove: {cmd: "svr --port ${PORT}"}
+          rename-me: {cmd: "svr --port ${PORT}"}
+          fixed: {cmd: "svr --port 1999", proxy: "http://127.0.0.1:1999"}
+        """
+    )
+    ports = {model_id: model.port for model_id, model in first.models.items()}
+    assert ports == {"change": 5800, "fixed": None, "keep": 5801, "remove": 5802, "rename-me": 5803}
+    second = parse_config(
+        textwrap.dedent(
+            """
+            models:
+              aaa-added: {cmd: "svr --port ${PORT}"}
+              keep: {cmd: "svr --port ${PORT}"}
+              change: {cmd: "svr --port ${PORT} --more"}
+              renamed: {cmd: "svr --port ${PORT}"}
+              fixed: {cmd: "svr --port 1999", proxy: "http://127.0.0.1:1999"}
+            """
+        ),
+        previous=first,
+    )
+    ports = {model_id: model.port for model_id, model in second.models.items()}
+    # kept models keep their ports; new ones take the lowest free ones
+    # (here those the removed and renamed models left behind)
+    assert ports == {"aaa-added": 5802, "change": 5800, "fixed": None, "keep": 5801, "renamed": 5803}
+    assert second.models["keep"] == first.models["keep"]
+    assert changed_models(first, second) == ({"aaa-added", "renamed"}, {"remove", "rename-me"}, {"change"})
+    # a new startPort starts over
+    third = parse_config("startPort: 7000\nmodels:\n  keep: {cmd: 'svr ${PORT}'}\n", previous=second)
+    assert third.models["keep"].port == 7000
+
+
 def test_user_start_port():
     config = parse(
         """

@@ -444,3 +444,36 @@ def test_odd_paths_are_refused_or_redirected_never_an_error(server, prefix):
             assert 300 <= code < 500, (method, prefix + path, answer[:300])
             assert b"root:" not in answer
     assert "internal error" not in server.service.logs.proxy_monitor.history().decode()
+
+
+def test_without_a_health_check_the_first_request_waits_until_the_server_listens(memory):
+    server = memory(
+        f"""
+        models:
+          late:
+            cmd: {fake("late", "--startup-delay", "1.5")}
+            checkEndpoint: none
+        """
+    )
+    started = server.reactor.seconds()
+    response, body = server.chat("late")
+    assert response.code == 200  # not "connection refused"
+    assert json.loads(body)["responseMessage"] == "late"
+    assert 1.5 <= server.reactor.seconds() - started < 1.7
+
+
+def test_without_a_health_check_a_server_that_never_listens_fails_after_the_timeout(memory):
+    server = memory(
+        f"""
+        healthCheckTimeout: 15
+        models:
+          silent:
+            cmd: {fake("silent", "--startup-delay", "3600")}
+            checkEndpoint: none
+        """
+    )
+    started = server.reactor.seconds()
+    response, body = server.chat("silent")
+    assert response.code == 502
+    assert b"health check timed out after 15s" in body and b"connection refused" in body
+    assert 15 <= server.reactor.seconds() - started < 16

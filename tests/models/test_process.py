@@ -179,12 +179,24 @@ def test_missing_command_fails_with_clear_error(harness):
     assert process.state == "stopped"
 
 
-def test_checkendpoint_none_is_ready_after_spawn(harness):
+def test_checkendpoint_none_is_ready_once_the_server_accepts_connections(harness):
     process = harness.processes["nocheck"]
     waiting = results(process.ensure_ready())
-    harness.reactor.advance(0)
-    assert waiting == [None]
-    assert harness.probe.calls == []
+    harness.reactor.advance(0.5)
+    assert waiting == [] and process.state == "starting"  # connection refused: still starting
+    assert set(harness.probe.calls) == {process.config.proxy}  # no HTTP request, only connections
+    harness.probe.ready.add(process.config.proxy)
+    harness.reactor.advance(0.1)
+    assert waiting == [None] and process.state == "ready"
+    assert "accepting connections on http://localhost:" in harness.logs.proxy_monitor.history().decode()
+
+
+def test_checkendpoint_none_gives_up_after_the_health_check_timeout(harness):
+    process = harness.processes["nocheck"]
+    waiting = results(process.ensure_ready())
+    harness.reactor.advance(harness.config.health_check_timeout + 1)
+    assert waiting[0].check(StartFailed)
+    assert "timed out" in waiting[0].getErrorMessage()
 
 
 def test_crash_while_ready_returns_to_stopped_and_restarts(harness):
