@@ -134,7 +134,10 @@ def wrk(url: str, connections: int, seconds: float, latency: bool = False) -> di
     os.unlink(script.name)
 
     def ms(text: str) -> float:
-        value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+        match = re.match(r"([\d.]+)(us|ms|s)$", text)
+        if match is None:
+            raise RuntimeError(f"cannot read wrk's latency {text!r}:\n{output}")
+        value, unit = match.groups()
         return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
     result = {
@@ -144,8 +147,9 @@ def wrk(url: str, connections: int, seconds: float, latency: bool = False) -> di
         "socket_errors": sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output)),
     }
     if latency:
-        result["p50_ms"] = ms(re.search(r"50%\s+(\S+)", output).group(1))
-        result["p99_ms"] = ms(re.search(r"99%\s+(\S+)", output).group(1))
+        # the distribution's lines, not a percentage in the stats above them
+        result["p50_ms"] = ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))
+        result["p99_ms"] = ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))
     return result
 
 

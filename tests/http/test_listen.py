@@ -48,6 +48,17 @@ def test_tls_with_a_unix_socket_is_refused():
         endpoint_description("unix:/tmp/x.sock", "c.pem", "k.pem")
 
 
+def test_tls_without_the_tls_extra_says_how_to_get_it(monkeypatch):
+    from llamaswap.http import listen
+
+    monkeypatch.setattr(listen, "tls_available", lambda: False)
+    with pytest.raises(ListenError, match=r"pip install 'llamaswap\[tls\]'"):
+        endpoint_description(None, "c.pem", "k.pem")
+    with pytest.raises(ListenError, match="HTTPS needs TLS support"):
+        endpoint_description("ssl:8443:certKey=c.pem")
+    assert endpoint_description(":8080") == "tcp:8080"
+
+
 def test_bad_port():
     with pytest.raises(ListenError):
         endpoint_description("127.0.0.1:99999")
@@ -92,7 +103,10 @@ def test_options_default_config_from_working_directory(tmp_path, monkeypatch):
 
 def test_options_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "k.pem").write_text("key")
     with pytest.raises(usage.UsageError, match="Both --tls-cert-file"):
         plugin_options().parseOptions(["--tls-key-file", "k.pem"])
+    with pytest.raises(usage.UsageError, match="--tls-cert-file missing.pem: cannot read the file"):
+        plugin_options().parseOptions(["--tls-cert-file", "missing.pem", "--tls-key-file", "k.pem"])
     with pytest.raises(usage.UsageError, match="--watch-config needs"):
         plugin_options().parseOptions(["--watch-config"])

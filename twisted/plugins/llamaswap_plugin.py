@@ -56,6 +56,10 @@ class Options(usage.Options):
             )
         except ListenError as error:
             raise usage.UsageError(str(error)) from None
+        for option in ("tls-cert-file", "tls-key-file"):
+            path = self[option]
+            if path and not os.access(path, os.R_OK):
+                raise usage.UsageError(f"--{option} {path}: cannot read the file")
         if self["config"] is None and os.path.exists("config.yaml"):
             self["config"] = "config.yaml"
         if self["watch-config"] and self["config"] is None:
