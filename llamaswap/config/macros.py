@@ -5,7 +5,7 @@ The rules match the original llama-swap so that existing configuration files
 expand to exactly the same commands:
 
   - names match C{^[a-zA-Z0-9_-]+$}, are shorter than 64 characters and are
-    not one of the reserved names C{PORT} and C{MODEL_ID};
+    not one of the reserved names C{PID}, C{PORT} and C{MODEL_ID};
   - values are scalars (string, number, boolean); strings are shorter than
     1024 characters and may not refer to themselves;
   - a macro may use macros defined I{before} it: substitution runs from the
@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 MACRO_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 MACRO_REFERENCE = re.compile(r"\$\{([a-zA-Z0-9_-]+)\}")
-RESERVED = ("PORT", "MODEL_ID")
+RESERVED = ("PID", "PORT", "MODEL_ID")
 MAX_NAME_LENGTH = 63
 MAX_VALUE_LENGTH = 1023
 

@@ -14,6 +14,10 @@ from llamaswap.config.command import split_command
 
 DEFAULT_GROUP_ID = "(default)"
 DEFAULT_CONCURRENCY_LIMIT = 10
+DEFAULT_UNLOAD_TIMEOUT = 10
+PROTECTED_PARAMS = frozenset({"model"})
+# The model the /comfyui endpoint serves (the newest llama-swap's name).
+COMFYUI_MODEL_ID = "comfyui_auto"
 
 
 class ConfigError(ValueError):
@@ -40,6 +44,67 @@ class GroupConfig:
     persistent: bool = False
 
 
+@frozen
+class Timeouts:
+    """
+    Timeouts of the connections to a model server or peer, in seconds
+    (C{0}: none).  C{response_header} is how long a server may take to
+    start answering once the request is sent.
+    """
+
+    connect: float = 30
+    keepalive: float = 30
+    response_header: float = 0
+    tls_handshake: float = 10
+    idle_conn: float = 90
+    expect_continue: float = 1
+
+
+@frozen
+class Filters:
+    """
+    Request rewriting for one model or peer: keys removed, keys set, and
+    keys set only when the model was asked for by a given name.
+    """
+
+    strip_params: tuple[str, ...] = ()
+    set_params: tuple[tuple[str, Any], ...] = ()
+    set_params_by_id: Mapping[str, tuple[tuple[str, Any], ...]] = field(factory=dict)
+
+    def params_for(self, requested: str) -> tuple[tuple[str, Any], ...]:
+        """
+        What to set in a request that asked for C{requested}: C{setParams},
+        then that name's C{setParamsByID} entries on top.
+        """
+        by_id = self.set_params_by_id.get(requested)
+        if not by_id:
+            return self.set_params
+        merged = dict(self.set_params)
+        merged.update(by_id)
+        return tuple(sorted(merged.items()))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.strip_params or self.set_params or self.set_params_by_id)
+
+
+@frozen
+class Capabilities:
+    """
+    What a model accepts and produces, for clients reading /v1/models.
+    """
+
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    tools: bool = False
+    reranker: bool = False
+    context: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.inputs or self.outputs or self.tools or self.reranker or self.context)
+
+
 @frozen(eq=True, hash=False)
 class ModelConfig:
     """
@@ -63,20 +128,27 @@ class ModelConfig:
     name: str = ""
     description: str = ""
     concurrency_limit: int = 0
-    strip_params_text: str = ""
+    filters: Filters = Filters()
     metadata: Mapping[str, Any] = field(factory=dict)
     send_loading_state: bool = False
-    stop_timeout: float = 5.0
+    unload_timeout: float = DEFAULT_UNLOAD_TIMEOUT
+    timeouts: Timeouts = Timeouts()
+    ignore_websockets: bool = False
+    capabilities: Capabilities = Capabilities()
     macros: tuple[tuple[str, Any], ...] = ()
     port: int | None = None  # the automatic ${PORT}, when the model uses one
 
     @property
     def strip_params(self) -> tuple[str, ...]:
+        return self.filters.strip_params
+
+    @property
+    def stop_timeout(self) -> float:
         """
-        The request keys to remove: trimmed, de-duplicated, sorted, and
-        never C{model}.
+        The grace period between asking the server to stop and killing it
+        (C{unloadTimeout}; C{stopTimeout} is the same setting's older name).
         """
-        return sanitize_strip_params(self.strip_params_text)
+        return self.unload_timeout
 
     @property
     def max_concurrency(self) -> int:
@@ -112,6 +184,63 @@ class ModelConfig:
 
 
 @frozen(eq=True, hash=False)
+class PeerConfig:
+    """
+    Another server (often another llamaswap) whose models are served
+    through this one.
+    """
+
+    id: str
+    proxy: str
+    models: tuple[str, ...]
+    api_key: str = ""
+    filters: Filters = Filters()
+    timeouts: Timeouts = Timeouts(response_header=60)
+
+
+@frozen
+class ProfileConfig:
+    """
+    A runtime-selectable set of model id rewrites; an empty pin target
+    makes that id unavailable (404) while the profile is active.
+    """
+
+    id: str
+    description: str
+    pins: Mapping[str, str]
+
+
+@frozen(eq=True, hash=False)
+class SelectorConfig:
+    """
+    A virtual model id that picks one of its targets per request.
+    """
+
+    id: str
+    strategy: str
+    targets: tuple[str, ...]
+    spillover: int = 1
+    name: str = ""
+    description: str = ""
+    unlisted: bool = False
+    metadata: Mapping[str, Any] = field(factory=dict)
+
+
+@frozen(eq=True, hash=False)
+class MatrixConfig:
+    """
+    The matrix router's settings: named sets of models that may run
+    together (in the DSL, compiled), costs of evicting each model, and the
+    short names used in the sets.
+    """
+
+    variables: Mapping[str, str]
+    evict_costs: Mapping[str, int]
+    sets: tuple[tuple[str, str], ...]
+    program: Any = field(eq=False)  # llamaswap.config.matrix.Program
+
+
+@frozen(eq=True, hash=False)
 class Config:
     """
     A whole, validated configuration.
@@ -119,27 +248,54 @@ class Config:
 
     models: Mapping[str, ModelConfig]
     groups: Mapping[str, GroupConfig]
+    router: str = "group"
+    matrix: MatrixConfig | None = None
+    scheduler: str = "fifo"
+    priority: Mapping[str, int] = field(factory=dict)
     health_check_timeout: int = 120
     log_level: str = "info"
     log_time_format: str = ""
+    log_to_stdout: str = "proxy"
     log_requests: bool = False
     metrics_max_in_memory: int = 1000
+    capture_buffer_mb: int = 5
+    store_path: str | None = None
+    session_id_headers: tuple[str, ...] = ("X-Session-ID", "X-Litellm-Session-Id")
+    performance_disabled: bool = False
+    performance_every: float = 5.0
     start_port: int = 5800
     send_loading_state: bool = False
     include_aliases_in_list: bool = False
-    stop_timeout: float = 5.0
+    global_ttl: int = 0
+    unload_timeout: float = DEFAULT_UNLOAD_TIMEOUT
     macros: tuple[tuple[str, Any], ...] = ()
     preload: tuple[str, ...] = ()
     aliases: Mapping[str, str] = field(factory=dict)
+    api_keys: tuple[str, ...] = ()
+    peers: Mapping[str, PeerConfig] = field(factory=dict)
+    upstream_ignore_paths: tuple[str, ...] = ()
+    profiles: Mapping[str, ProfileConfig] = field(factory=dict)
+    selectors: Mapping[str, SelectorConfig] = field(factory=dict)
     warnings: tuple[str, ...] = field(default=(), eq=False)
+
+    @property
+    def stop_timeout(self) -> float:
+        return self.unload_timeout
 
     def real_model_name(self, requested: str) -> str | None:
         """
-        Resolve a model id or alias to the model id, or C{None}.
+        Resolve a local model id or alias to the model id, or C{None}.
         """
         if requested in self.models:
             return requested
         return self.aliases.get(requested)
+
+    def peer_model(self, requested: str) -> tuple[str, str] | None:
+        """
+        The (peer id, model id) a name stands for: C{<peer>/<model>}
+        always, an unqualified model id when exactly one peer has it.
+        """
+        return resolve_peer_model(self.peers, requested)
 
     def group_of(self, model_id: str) -> GroupConfig:
         for group in self.groups.values():
@@ -148,10 +304,26 @@ class Config:
         raise KeyError(model_id)
 
 
+def resolve_peer_model(peers: Mapping[str, PeerConfig], requested: str) -> tuple[str, str] | None:
+    for qualified in (True, False):
+        found = None
+        for peer_id, peer in peers.items():
+            for model in peer.models:
+                name = f"{peer_id}/{model}" if qualified else model
+                if name != requested:
+                    continue
+                if found is not None and found != (peer_id, model):
+                    return None  # ambiguous
+                found = (peer_id, model)
+        if found is not None:
+            return found
+    return None
+
+
 def sanitize_strip_params(text: str) -> tuple[str, ...]:
     seen = {part.strip() for part in text.split(",")}
     seen.discard("")
-    seen.discard("model")
+    seen -= PROTECTED_PARAMS
     return tuple(sorted(seen))
 
 

@@ -55,7 +55,7 @@ def test_defaults():
     assert model.concurrency_limit == 0
     assert model.max_concurrency == 10
     assert model.strip_params == ()
-    assert model.stop_timeout == 5.0
+    assert model.stop_timeout == model.unload_timeout == 10  # the newest llama-swap's default
     group = config.groups[DEFAULT_GROUP_ID]
     assert (group.swap, group.exclusive, group.persistent) == (True, True, False)
     assert group.members == ("model1",)
@@ -150,8 +150,6 @@ def test_deprecations_and_unknown_settings_warn():
     config = parse(
         """
         logRequests: true
-        profiles:
-          test: [m]
         models:
           m:
             cmd: srv --port ${PORT}
@@ -159,7 +157,6 @@ def test_deprecations_and_unknown_settings_warn():
         """
     )
     text = "\n".join(config.warnings)
-    assert "profiles have been removed" in text
     assert "logRequests is deprecated" in text
     assert "unknown setting 'tll'" in text
     assert "did you mean 'ttl'" in text
@@ -709,9 +706,16 @@ def test_cmd_with_unbalanced_quote():
     assert "quotation" in message
 
 
-def test_models_are_required():
+def test_models_or_peers_are_required():
     assert "config has no models" in error_of("healthCheckTimeout: 20\n")
     assert "config has no models" in error_of("models: {}\n")
+    config = parse("peers:\n  far:\n    proxy: http://127.0.0.1:9\n    models: [a]\n")
+    assert config.models == {} and list(config.peers) == ["far"]
+
+
+def test_the_old_list_form_of_profiles_is_explained():
+    message = error_of("profiles:\n  test: [m]\nmodels:\n  m: {cmd: 'srv ${PORT}'}\n")
+    assert message.startswith("profiles.test: profiles are now a mapping with 'description' and 'pins'")
 
 
 def test_invalid_proxy_url():
@@ -724,8 +728,13 @@ def test_env_entries_need_a_name_and_value():
     assert message == "model 'm' env: 'JUSTANAME' is not in the form NAME=value"
 
 
-def test_negative_ttl_is_an_error():
-    assert "ttl" in error_of("models:\n  m:\n    cmd: srv ${PORT}\n    ttl: -1\n")
+def test_ttl_minus_one_is_the_global_ttl_and_below_is_an_error():
+    config = parse("globalTTL: 300\nmodels:\n  m: {cmd: 'srv ${PORT}', ttl: -1}\n  n: {cmd: 'srv ${PORT}'}\n  o: {cmd: 'srv ${PORT}', ttl: 0}\n")
+    assert [config.models[name].ttl for name in "mno"] == [300, 300, 0]
+    assert "ttl must be 0 (never unload), -1 (globalTTL)" in error_of("models:\n  m:\n    cmd: srv ${PORT}\n    ttl: -2\n")
+    assert error_of("globalTTL: -5\nmodels:\n  m: {cmd: 'srv ${PORT}'}\n") == (
+        "globalTTL must be 0 (never unload) or a number of seconds, got -5"
+    )
 
 
 def test_wrong_types_are_named():
@@ -758,7 +767,6 @@ def test_strip_params_are_sanitised_and_legacy_name_works():
     )
     for model_id in ("model1", "legacy"):
         model = config.models[model_id]
-        assert model.strip_params_text == "model, top_k, top_k, temperature, temperature, top_p, , ,"
         assert model.strip_params == ("temperature", "top_k", "top_p")
 
 

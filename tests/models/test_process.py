@@ -228,7 +228,7 @@ def test_sigkill_after_grace_period(harness):
     process = start_and_ready(harness)
     pid = harness.transport("m1").pid
     stopped = results(process.stop())
-    harness.reactor.advance(4.9)
+    harness.reactor.advance(9.9)  # unloadTimeout: 10 s by default
     assert harness.killpg.signals_for(pid) == [signal.SIGTERM]
     harness.reactor.advance(0.2)
     assert harness.killpg.signals_for(pid) == [signal.SIGTERM, signal.SIGKILL]
