@@ -22,9 +22,12 @@ from llamaswap.models.manager import ModelManager
 from llamaswap.models.process import ModelProcess
 from llamaswap.models.readiness import PROBE_CONNECT_TIMEOUT, Probes, connect_probe, http_probe
 from llamaswap.observe.backlog import Backlog
-from llamaswap.observe.events import ConfigFileChanged, EventBus
+from llamaswap.observe.events import ConfigFileChanged, EventBus, ProfileChanged
 from llamaswap.observe.logs import Logs
 from llamaswap.observe.metrics import MetricsStore
+from llamaswap.routing.names import Names
+from llamaswap.routing.profiles import Profiles
+from llamaswap.routing.selectors import Selectors
 
 
 def static_directory() -> FilePath:
@@ -93,8 +96,13 @@ class LlamaswapService(MultiService):
         self.manager.setServiceParent(self)
         self.backlog = Backlog(reactor)
         self.gateway = Gateway(self.manager, self.client, self.metrics, self.logs.proxy, reactor, self.backlog)
+        self.profiles = Profiles(config, lambda active: self.bus.publish(ProfileChanged(active)))
+        self.selectors = Selectors(config, self.manager.state_of)
+        self.names = Names(config, self.profiles, self.selectors)
         self.routes = Routes(
             models=self.manager,
+            names=self.names,
+            profiles=self.profiles,
             gateway=self.gateway,
             logs=self.logs,
             bus=self.bus,
@@ -155,6 +163,9 @@ class LlamaswapService(MultiService):
             self.logs.proxy.warn(f"config: {warning}")
         added, removed, changed = self.manager.reconfigure(config)
         self.config = config
+        self.names.reconfigure(config)
+        self.selectors.reconfigure(config)
+        self.profiles.reconfigure(config)
         self.logs.proxy.configure(config.log_level, config.log_time_format)
         self.metrics.resize(config.metrics_max_in_memory)
         kept = len(config.models) - len(added) - len(changed)

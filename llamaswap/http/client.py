@@ -94,9 +94,9 @@ class UpstreamEndpoints:
         self._reactor = reactor
         self._timeout = connect_timeout
 
-    def endpoint(self, scheme: str, host: str, port: int):
+    def endpoint(self, scheme: str, host: str, port: int, timeout: float | None = None):
         bare = host.strip("[]")
-        reactor, timeout = self._reactor, self._timeout
+        reactor, timeout = self._reactor, (timeout or self._timeout)
         if isIPAddress(bare):
             endpoint = TCP4ClientEndpoint(reactor, bare, port, timeout=timeout)
         elif isIPv6Address(bare):
@@ -131,6 +131,41 @@ class ResponseReceiver(TypingProtocol):
 
 
 @frozen
+class ConnectionOptions:
+    """
+    How the connections of one model or peer behave (its C{timeouts}).
+
+    @ivar connect: seconds to establish a connection (0: the default).
+    @ivar idle: the longest a connection waits idle in the pool (at most
+        L{IDLE_CONNECTION_SECONDS}; 0: that).
+    @ivar keepalive: turn on TCP keep-alive probes.
+    @ivar tls_handshake: seconds for an https connection's handshake (0: no
+        limit).
+    """
+
+    connect: float = 0
+    idle: float = 0
+    keepalive: bool = False
+    tls_handshake: float = 0
+
+    @classmethod
+    def from_timeouts(cls, timeouts) -> ConnectionOptions:
+        return cls(
+            connect=timeouts.connect,
+            idle=timeouts.idle_conn,
+            keepalive=timeouts.keepalive > 0,
+            tls_handshake=timeouts.tls_handshake,
+        )
+
+    @property
+    def idle_limit(self) -> float:
+        return min(self.idle, IDLE_CONNECTION_SECONDS) if self.idle > 0 else IDLE_CONNECTION_SECONDS
+
+
+DEFAULT_OPTIONS = ConnectionOptions()
+
+
+@frozen
 class Origin:
     """
     A server's base URL, taken apart once: the pool key, the Host header
@@ -159,8 +194,9 @@ class UpstreamRequest:
     """
 
     def __init__(self, client: UpstreamClient, origin: Origin, method: bytes, target: bytes, headers, body,
-                 receiver: ResponseReceiver, head_timeout: float | None):
+                 receiver: ResponseReceiver, head_timeout: float | None, options: ConnectionOptions):
         self.client = client
+        self.options = options
         self.origin = origin
         self.method = method
         self.target = target
@@ -178,7 +214,7 @@ class UpstreamRequest:
         if connection is not None:
             self._send(connection, reused=True)
             return
-        self._connecting = self.client._connect(self.origin.key)
+        self._connecting = self.client._connect(self.origin.key, self.options)
         self._connecting.addCallbacks(self._connected, self._connect_failed)
 
     def cancel(self) -> None:
@@ -279,12 +315,15 @@ class UpstreamClient:
         body: bytes | IBodyProducer | None,
         receiver: ResponseReceiver,
         head_timeout: float | None = None,
+        options: ConnectionOptions = DEFAULT_OPTIONS,
     ) -> UpstreamRequest:
         """
         Send C{method target} to the server at C{base} (its URL, maybe with
         a path prefix); C{receiver} hears how it went.
         """
-        pending = UpstreamRequest(self, self.origin(base), method, target, headers, body, receiver, head_timeout)
+        pending = UpstreamRequest(
+            self, self.origin(base), method, target, headers, body, receiver, head_timeout, options
+        )
         pending.start()
         return pending
 
@@ -308,59 +347,58 @@ class UpstreamClient:
         receiver.pending = self.request(method, base, target, headers, body, receiver, head_timeout)
         return receiver.deferred
 
-    def _connect(self, key: tuple) -> Deferred:
+    def _connect(self, key: tuple, options: ConnectionOptions = DEFAULT_OPTIONS) -> Deferred:
         scheme, host, port = key
         factory = Factory.forProtocol(
-            lambda: UpstreamConnection(lambda connection: self._park(key, connection), self._reactor)
+            lambda: UpstreamConnection(
+                lambda connection: self._park(key, connection, options.idle_limit),
+                self._reactor,
+                keepalive=options.keepalive,
+                tls_handshake=options.tls_handshake if scheme == "https" else 0,
+            )
         )
         factory.noisy = False
         try:
-            endpoint = self._endpoints.endpoint(scheme, host, port)
+            endpoint = self._endpoints.endpoint(scheme, host, port, options.connect or None)
         except Exception:
             return fail()
         return endpoint.connect(factory)
 
     def _take(self, key: tuple) -> UpstreamConnection | None:
         idle = self._idle.get(key)
-        if not idle:
-            return None
-        oldest = self._reactor.seconds() - IDLE_CONNECTION_SECONDS
+        now = self._reactor.seconds()
         while idle:
-            connection, parked = idle.pop()
-            if parked <= oldest:
-                # The newest is too old, and so is every one before it.
+            connection, expires = idle.pop()
+            if expires <= now:
                 self._close(connection)
-                for connection, _ in idle:
-                    self._close(connection)
-                idle.clear()
-                return None
-            if not connection.lost and not connection.busy:
+            elif not connection.lost and not connection.busy:
                 return connection
         return None
 
-    def _park(self, key: tuple, connection: UpstreamConnection) -> None:
+    def _park(self, key: tuple, connection: UpstreamConnection, limit: float = IDLE_CONNECTION_SECONDS) -> None:
         idle = self._idle.setdefault(key, [])
         if len(idle) >= POOL_SIZE_PER_UPSTREAM:
             self._close(connection)
             return
-        idle.append((connection, self._reactor.seconds()))
+        idle.append((connection, self._reactor.seconds() + limit))
         if self._sweep is None:
-            self._sweep = self._reactor.callLater(IDLE_CONNECTION_SECONDS, self._expire)
+            self._sweep = self._reactor.callLater(limit, self._expire)
 
     def _expire(self) -> None:
         self._sweep = None
-        oldest = self._reactor.seconds() - IDLE_CONNECTION_SECONDS
+        now = self._reactor.seconds()
         for key, idle in list(self._idle.items()):
-            keep = [(connection, parked) for connection, parked in idle if parked > oldest and not connection.lost]
-            for connection, parked in idle:
-                if parked <= oldest:
+            for connection, expires in idle:
+                if expires <= now:
                     self._close(connection)
+            keep = [(connection, expires) for connection, expires in idle if expires > now and not connection.lost]
             if keep:
                 self._idle[key] = keep
             else:
                 del self._idle[key]
         if self._idle:
-            self._sweep = self._reactor.callLater(IDLE_CONNECTION_SECONDS, self._expire)
+            soonest = min(expires for idle in self._idle.values() for _, expires in idle)
+            self._sweep = self._reactor.callLater(max(0.0, soonest - now), self._expire)
 
     @staticmethod
     def _close(connection: UpstreamConnection) -> None:

@@ -3,22 +3,27 @@ The one owner of a proxied request's path: admission by the scheduler, the
 wait for the model's server (keeping a streaming client company with the
 loading-state messages when asked to), the relay to the server, and the
 release of the request's lease once the relay is over, however it ends.
+Requests for a peer's model skip the local part and go straight to the
+peer, with its API key.
 
-Route functions parse the request and hand it here with the model it is
-for; everything between "which model" and "the answer has been relayed" is
+Route functions parse the request and hand it here with where it goes;
+everything between "which model" and "the answer has been relayed" is
 decided in this module, and every failure on the way becomes the HTTP
 status a client can act on.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
 from twisted.web.server import Request
 
+from llamaswap.config import PeerConfig
 from llamaswap.http.answers import error_response
-from llamaswap.http.client import UpstreamClient
+from llamaswap.http.client import ConnectionOptions, UpstreamClient
 from llamaswap.http.loading import LoadingStream
 from llamaswap.http.proxy import ReverseProxyResource
 from llamaswap.models.manager import ModelManager
@@ -54,6 +59,7 @@ class Gateway:
         *,
         path: bytes | None = None,
         loading: bool = False,
+        on_done: Callable[[], None] | None = None,
     ) -> bytes | Deferred:
         """
         Relay C{request} to C{model_id}'s server once it may be used.
@@ -64,12 +70,15 @@ class Gateway:
             (default: the client's own).
         @param loading: keep the client company with loading-state messages
             if the model has to start first (a streaming chat request).
+        @param on_done: called once the request is over, however it ends.
         @return: an error body to send at once (429, 503), the resource
             that relays the answer when the model could be used at once, or
             a Deferred firing with that resource once it can (C{None} when
             the answer was already written or nobody is listening any more);
             cancelling it -- the client went away -- leaves the queue.
         """
+        if on_done is not None:
+            request.notifyFinish().addBoth(lambda _: on_done())
         try:
             lease = self.models.use_now(model_id)
             if lease is not None:
@@ -102,6 +111,39 @@ class Gateway:
 
         return waiting.addCallbacks(ready, failed)
 
+    def forward_to_peer(
+        self,
+        request: Request,
+        peer: PeerConfig,
+        body: bytes | IBodyProducer | None,
+        *,
+        path: bytes | None = None,
+        metrics_name: str | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> ReverseProxyResource:
+        """
+        Relay C{request} to a peer, with its API key (as C{Authorization:
+        Bearer} and C{x-api-key}) in place of the client's.
+        """
+        if on_done is not None:
+            request.notifyFinish().addBoth(lambda _: on_done())
+        set_headers = ()
+        if peer.api_key:
+            key = peer.api_key.encode("latin-1")
+            set_headers = ((b"Authorization", b"Bearer " + key), (b"x-api-key", key))
+        return ReverseProxyResource(
+            self.client,
+            f"peer {peer.id}",
+            peer.proxy,
+            path if path is not None else request.uri,
+            body,
+            log_error=self.log.error,
+            observer=self._observer(request, metrics_name or peer.id),
+            head_timeout=peer.timeouts.response_header or None,
+            options=ConnectionOptions.from_timeouts(peer.timeouts),
+            set_headers=set_headers,
+        )
+
     def _describe_start_failure(self, model_id: str, failure: Failure) -> tuple[int, str]:
         if failure.check(ProcessShutdown, ShuttingDown):
             message = str(failure.value)
@@ -114,25 +156,30 @@ class Gateway:
         self.log.error(message)
         return 502, message
 
+    def _observer(self, request: Request, name: str) -> MetricsObserver | None:
+        if request.method != b"POST":
+            return None
+        return MetricsObserver(
+            self.metrics,
+            name,
+            self.clock.seconds,
+            warn=self.log.debug,
+            path=request.path.decode("latin-1"),
+            backlog=self.backlog,
+        )
+
     def _relay(self, request: Request, model_id: str, lease: Lease, body, path, headers_sent: bool):
-        observer = None
-        if request.method == b"POST":
-            observer = MetricsObserver(
-                self.metrics,
-                model_id,
-                self.clock.seconds,
-                warn=self.log.debug,
-                path=request.path.decode("latin-1"),
-                backlog=self.backlog,
-            )
+        model = lease.process.config
         return ReverseProxyResource(
             self.client,
             model_id,
-            lease.process.config.proxy,
+            model.proxy,
             path if path is not None else request.uri,
             body,
             log_error=self.log.error,
-            observer=observer,
+            observer=self._observer(request, model_id),
             on_done=lease.release,
             headers_sent=headers_sent,
+            head_timeout=model.timeouts.response_header or None,
+            options=ConnectionOptions.from_timeouts(model.timeouts),
         )

@@ -21,6 +21,7 @@ from attrs import frozen
 _DECODER = json.JSONDecoder()
 _WHITESPACE = " \t\n\r"
 _INTERESTING = ("model", "stream")
+PROTECTED = frozenset({"model"})
 
 
 class InvalidBody(ValueError):
@@ -43,6 +44,7 @@ class JsonRequestBody:
     text: str
     members: tuple[_Member, ...]
     values: dict[str, Any]  # the values of the keys we care about
+    close: int  # the position of the closing brace
 
     @property
     def model(self) -> Any:
@@ -52,32 +54,51 @@ class JsonRequestBody:
     def stream(self) -> bool:
         return self.values.get("stream") is True
 
-    def rewrite(self, model: str | None = None, strip: Iterable[str] = ()) -> bytes:
+    def rewrite(
+        self,
+        model: str | None = None,
+        strip: Iterable[str] = (),
+        set_params: Iterable[tuple[str, Any]] = (),
+    ) -> bytes:
         """
-        The body with C{model} replaced (when given) and the C{strip} keys
-        removed; the original bytes when nothing changes.
+        The body with C{model} replaced (when given), the C{strip} keys
+        removed and the C{set_params} set (replacing a key that is there,
+        added at the end otherwise); the original bytes when nothing changes.
+        C{model} itself is never stripped nor set by the last two.
         """
-        strip = set(strip) - {"model"}
+        strip = set(strip) - PROTECTED
+        values = {key: value for key, value in set_params if key not in PROTECTED}
         members = self.members
         keep = [index for index, member in enumerate(members) if member.key not in strip]
-        has_model = any(member.key == "model" for member in members)
-        if len(keep) == len(members) and (model is None or not has_model):
+        present = {member.key for member in members}
+        replacements: dict[str, str] = {key: json.dumps(value, ensure_ascii=False) for key, value in values.items()}
+        if model is not None and "model" in present:
+            replacements["model"] = json.dumps(model, ensure_ascii=False)
+        if len(keep) == len(members) and not replacements:
             return self.raw
+        added = [key for key in values if key not in present or key in strip]
         text = self.text
-        pieces = [text[: members[0].start]]
+        if members:
+            head, tail = text[: members[0].start], text[members[-1].end :]
+        else:
+            head, tail = text[: self.close], text[self.close :]
+        pieces = [head]
         for position, index in enumerate(keep):
             member = members[index]
             if position:
                 # The separator that stood before this member in the original.
                 pieces.append(text[members[index - 1].end : member.start])
-            if member.key == "model" and model is not None:
-                # Every "model" member: a duplicate must not reach the
-                # server with a name other than the one we routed by.
+            if member.key in replacements:
+                # Every occurrence: a duplicate key must not reach the
+                # server with a value other than the one we mean.
                 pieces.append(text[member.start : member.value_start])
-                pieces.append(json.dumps(model, ensure_ascii=False))
+                pieces.append(replacements[member.key])
             else:
                 pieces.append(text[member.start : member.end])
-        pieces.append(text[members[-1].end :])
+        if added:
+            pieces.append(", " if keep else "")
+            pieces.append(", ".join(json.dumps(key, ensure_ascii=False) + ": " + replacements[key] for key in added))
+        pieces.append(tail)
         return "".join(pieces).encode("utf-8")
 
 
@@ -133,4 +154,4 @@ def parse_request_body(raw: bytes) -> JsonRequestBody:
         raise InvalidBody(f"invalid JSON: {error}") from None
     if _skip(text, end + 1) != len(text):
         raise InvalidBody("unexpected data after the JSON object")
-    return JsonRequestBody(raw=raw, text=text, members=tuple(members), values=values)
+    return JsonRequestBody(raw=raw, text=text, members=tuple(members), values=values, close=end)

@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from llamaswap.http.answers import send_error
-from llamaswap.http.client import UpstreamClient, UpstreamRequest
+from llamaswap.http.client import DEFAULT_OPTIONS, ConnectionOptions, UpstreamClient, UpstreamRequest
 from llamaswap.protocols.client import ResponseHead, ResponseHeadTimeout, UpstreamConnection
 from llamaswap.protocols.failures import describe_failure
 from llamaswap.protocols.sse import sse_event
@@ -68,13 +68,16 @@ def connection_tokens(values: list[bytes] | None) -> frozenset[bytes]:
     return frozenset(token.strip().lower() for value in values for token in value.split(b",") if token.strip())
 
 
-def forwarded_header_lines(request: Request) -> list[bytes]:
+def forwarded_header_lines(request: Request, replace: tuple[tuple[bytes, bytes], ...] = ()) -> list[bytes]:
     """
     The client's request headers as they go to the server: without the
-    hop-by-hop ones, with the client added to X-Forwarded-For.
+    hop-by-hop ones, with the client added to X-Forwarded-For, and with the
+    C{replace} headers instead of the client's own of those names.
     """
     headers = request.requestHeaders
     skip = NOT_FORWARDED | connection_tokens(headers.getRawHeaders(b"connection"))
+    if replace:
+        skip = skip | {name.lower() for name, _ in replace}
     lines = []
     prior = None
     for name, values in headers.getAllRawHeaders():
@@ -89,6 +92,7 @@ def forwarded_header_lines(request: Request) -> list[bytes]:
         lines.append(b"X-Forwarded-For: " + chain)
     elif prior:
         lines.extend(b"X-Forwarded-For: " + value for value in prior)
+    lines.extend(name + b": " + value for name, value in replace)
     return lines
 
 
@@ -128,10 +132,11 @@ class _ProxiedExchange:
             request.method,
             resource.base,
             resource.target,
-            forwarded_header_lines(request),
+            forwarded_header_lines(request, resource.set_headers),
             resource.body,
             self,
             head_timeout=resource.head_timeout,
+            options=resource.options,
         )
 
     # ResponseReceiver
@@ -184,7 +189,7 @@ class _ProxiedExchange:
         if self.client_gone or failure.check(CancelledError):
             self.finish(False, "cancelled")
             return
-        message = f"error proxying request to {self.resource.model_id}: {describe_failure(failure)}"
+        message = f"error proxying request to {self.resource.name}: {describe_failure(failure)}"
         self.resource.log_error(message)
         if not self.resource.headers_sent:
             send_error(self.request, 504 if failure.check(ResponseHeadTimeout) else 502, message)
@@ -215,7 +220,7 @@ class _ProxiedExchange:
                 # Tell a streaming client why its stream stops here.
                 error = {
                     "error": {
-                        "message": f"upstream {self.resource.model_id} stopped responding: {reason}",
+                        "message": f"upstream {self.resource.name} stopped responding: {reason}",
                         "type": "upstream_error",
                     }
                 }
@@ -233,7 +238,8 @@ class _ProxiedExchange:
 class ReverseProxyResource(Resource):
     """
     Relay the request being rendered to C{target} (path and query) on the
-    server at C{base} (a model's proxy URL, which may carry a path prefix).
+    server at C{base} (a model's or peer's proxy URL, which may carry a path
+    prefix); C{name} says who that is in error messages.
 
     @param body: the request body to send (already read and maybe
         rewritten), or a body producer to stream it.
@@ -242,6 +248,8 @@ class ReverseProxyResource(Resource):
     @param on_done: called once when the exchange is over, however it ended.
     @param head_timeout: seconds the server has to start its answer once
         the request is sent; then the client gets 504.
+    @param options: how connections to that server are made and kept.
+    @param set_headers: request headers to send instead of the client's.
     """
 
     isLeaf = True
@@ -249,7 +257,7 @@ class ReverseProxyResource(Resource):
     def __init__(
         self,
         client: UpstreamClient,
-        model_id: str,
+        name: str,
         base: str,
         target: bytes,
         body: bytes | IBodyProducer | None,
@@ -259,10 +267,12 @@ class ReverseProxyResource(Resource):
         on_done: Callable[[], None] | None = None,
         headers_sent: bool = False,
         head_timeout: float | None = None,
+        options: ConnectionOptions = DEFAULT_OPTIONS,
+        set_headers: tuple[tuple[bytes, bytes], ...] = (),
     ):
         super().__init__()
         self.client = client
-        self.model_id = model_id
+        self.name = name
         self.base = base
         self.target = target
         self.body = body
@@ -271,6 +281,8 @@ class ReverseProxyResource(Resource):
         self.on_done = on_done
         self.headers_sent = headers_sent
         self.head_timeout = head_timeout
+        self.options = options
+        self.set_headers = set_headers
 
     def render(self, request: Request):
         _ProxiedExchange(self, request).start()

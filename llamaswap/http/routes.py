@@ -6,7 +6,7 @@ shapes follow the original llama-swap so that its clients keep working.
 
 from __future__ import annotations
 
-import time
+import json
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -18,6 +18,7 @@ from llamaswap.http.answers import error_response, json_response, sized
 from llamaswap.http.bodies import spooled_body
 from llamaswap.http.gateway import Gateway
 from llamaswap.http.jsonbody import InvalidBody, parse_request_body
+from llamaswap.http.listing import find_model_in_path, ignored_path, model_listing
 from llamaswap.http.multipart import (
     InvalidForm,
     boundary_of,
@@ -31,6 +32,8 @@ from llamaswap.models.manager import ModelManager
 from llamaswap.observe.events import EventBus
 from llamaswap.observe.logs import Logs
 from llamaswap.observe.metrics import MetricsStore
+from llamaswap.routing.names import Names, NoTargetNow, Resolution, UnknownModel
+from llamaswap.routing.profiles import Profiles, UnknownProfile
 
 TEXT = b"text/plain; charset=utf-8"
 INFERENCE_PATHS = (
@@ -65,6 +68,8 @@ class Routes:
         self,
         *,
         models: ModelManager,
+        names: Names,
+        profiles: Profiles,
         gateway: Gateway,
         logs: Logs,
         bus: EventBus,
@@ -72,6 +77,8 @@ class Routes:
         static_dir: FilePath,
     ):
         self.models = models
+        self.names = names
+        self.profiles = profiles
         self.gateway = gateway
         self.logs = logs
         self.bus = bus
@@ -97,6 +104,14 @@ class Routes:
 
     # ------------------------------------------------------------ inference
 
+    def _resolve(self, request: Request, requested: str) -> Resolution | bytes:
+        try:
+            return self.names.resolve(requested)
+        except UnknownModel as error:
+            return error_response(request, 404 if error.disabled else 400, str(error))
+        except NoTargetNow as error:
+            return error_response(request, 503, str(error))
+
     def inference(self, request: Request):
         try:
             parsed = parse_request_body(_read_body(request))
@@ -105,12 +120,34 @@ class Routes:
         requested = parsed.model
         if not isinstance(requested, str) or not requested:
             return error_response(request, 400, "missing or invalid 'model' key")
-        model_id = self.config.real_model_name(requested)
-        if model_id is None:
-            return error_response(request, 400, f"could not find real modelID for {requested}")
-        model = self.config.models[model_id]
-        body = parsed.rewrite(model=model.use_model_name or None, strip=model.strip_params)
-        return self.gateway.forward(request, model_id, body, loading=model.send_loading_state and parsed.stream)
+        resolution = self._resolve(request, requested)
+        if isinstance(resolution, bytes):
+            return resolution
+        renamed = resolution.name if resolution.name != requested else None
+        if resolution.model_id is not None:
+            model = self.config.models[resolution.model_id]
+            body = parsed.rewrite(
+                model=model.use_model_name or renamed,
+                strip=model.filters.strip_params,
+                set_params=model.filters.params_for(resolution.name),
+            )
+            return self.gateway.forward(
+                request,
+                resolution.model_id,
+                body,
+                loading=model.send_loading_state and parsed.stream,
+                on_done=resolution.release if resolution.selector else None,
+            )
+        peer_id, peer_model = resolution.peer
+        peer = self.config.peers[peer_id]
+        body = parsed.rewrite(
+            model=peer_model if peer_model != requested else None,
+            strip=peer.filters.strip_params,
+            set_params=peer.filters.params_for(resolution.name),
+        )
+        return self.gateway.forward_to_peer(
+            request, peer, body, metrics_name=f"{peer_id}/{peer_model}", on_done=resolution.release if resolution.selector else None
+        )
 
     def transcription(self, request: Request):
         body = _read_body(request)
@@ -122,13 +159,21 @@ class Routes:
         requested = form_value(body, fields, "model")
         if not requested:
             return error_response(request, 400, "missing or invalid 'model' parameter in form data")
-        model_id = self.config.real_model_name(requested)
-        if model_id is None:
-            return error_response(request, 400, f"could not find real modelID for {requested}")
-        use_name = self.config.models[model_id].use_model_name
-        if use_name:
-            body = replace_value(body, fields, "model", use_name)
-        return self.gateway.forward(request, model_id, body)
+        resolution = self._resolve(request, requested)
+        if isinstance(resolution, bytes):
+            return resolution
+        on_done = resolution.release if resolution.selector else None
+        if resolution.model_id is not None:
+            name = self.config.models[resolution.model_id].use_model_name or resolution.name
+            if name != requested:
+                body = replace_value(body, fields, "model", name)
+            return self.gateway.forward(request, resolution.model_id, body, on_done=on_done)
+        peer_id, peer_model = resolution.peer
+        if peer_model != requested:
+            body = replace_value(body, fields, "model", peer_model)
+        return self.gateway.forward_to_peer(
+            request, self.config.peers[peer_id], body, metrics_name=f"{peer_id}/{peer_model}", on_done=on_done
+        )
 
     # ------------------------------------------------------------ upstream
 
@@ -140,55 +185,46 @@ class Routes:
     @app.route("/upstream/", branch=True)
     def upstream(self, request: Request):
         raw_path = request.path[len(b"/upstream/") :].decode("utf-8", "surrogateescape")
-        parts = raw_path.split("/")
         query = request.uri[len(request.path) :]
-        found = None
-        for index in range(len(parts)):
-            candidate = "/".join(part for part in parts[: index + 1] if part)
-            if candidate and self.config.real_model_name(candidate) is not None:
-                found = (candidate, index)
-                break
+        pinned = self.profiles.pin_path(raw_path)
+        if pinned is not None:
+            pin, target = pinned
+            if not target:
+                return error_response(request, 404, f"model {pin} is not available in the active profile")
+            raw_path = target + raw_path.lstrip("/")[len(pin) :]
+        found = find_model_in_path(self.config, raw_path)
         if found is None:
-            return error_response(request, 400, "model id required in path")
-        candidate, index = found
-        remaining = "/" + "/".join(parts[index + 1 :])
+            return error_response(request, 404, "model not found")
+        name, remaining = found
         if remaining == "/" and not raw_path.endswith("/"):
-            location = f"/upstream/{candidate}/".encode("utf-8", "surrogateescape") + query
+            location = f"/upstream/{name}/".encode("utf-8", "surrogateescape") + query
             request.setResponseCode(301 if request.method in (b"GET", b"HEAD") else 308)
             request.setHeader(b"location", location)
             return sized(request, b"")
-        model_id = self.config.real_model_name(candidate)
+        model_id = self.config.real_model_name(name)
         target = remaining.encode("utf-8", "surrogateescape") + query
+        if model_id is None:
+            peer_id, peer_model = self.config.peer_model(name)
+            path = f"/upstream/{peer_model}".encode("utf-8", "surrogateescape") + target
+            return self.gateway.forward_to_peer(
+                request, self.config.peers[peer_id], spooled_body(request.content), path=path
+            )
+        if not self.models.is_ready(model_id) and ignored_path(self.config, remaining):
+            return error_response(
+                request, 409, f"model {model_id} is not loaded; path matches upstream.ignorePaths"
+            )
         return self.gateway.forward(request, model_id, spooled_body(request.content), path=target)
 
     # ------------------------------------------------------------ models
 
     @app.route("/v1/models", methods=["GET"])
+    @app.route("/models", methods=["GET"], endpoint="models_versionless")
     def list_models(self, request):
-        created = int(time.time())
-
-        def record(name, model):
-            entry = {"id": name, "object": "model", "created": created, "owned_by": "llama-swap"}
-            if model.name.strip():
-                entry["name"] = model.name.strip()
-            if model.description.strip():
-                entry["description"] = model.description.strip()
-            if model.metadata:
-                entry["meta"] = {"llamaswap": model.metadata}
-            return entry
-
-        data = []
-        for model_id, model in self.config.models.items():
-            if model.unlisted:
-                continue
-            data.append(record(model_id, model))
-            if self.config.include_aliases_in_list:
-                data.extend(record(alias, model) for alias in model.aliases if alias.strip())
-        data.sort(key=lambda entry: entry["id"])
         origin = request.getHeader(b"origin")
         if origin:
             request.setHeader(b"access-control-allow-origin", origin)
-        return json_response(request, {"object": "list", "data": data})
+        listing = model_listing(self.config, self.models.state_of, self.profiles)
+        return json_response(request, {"object": "list", "data": listing})
 
     @app.route("/running", methods=["GET"])
     def running(self, request):
@@ -209,6 +245,27 @@ class Routes:
             return error_response(request, 404, "Model not found")
 
         return self.models.unload(model_id).addCallback(lambda _: sized(request, b"OK", TEXT))
+
+    @app.route("/api/profiles", methods=["GET"])
+    def api_profiles(self, request):
+        return json_response(request, self.profiles.describe())
+
+    @app.route("/api/profiles/active", methods=["PUT"])
+    def api_active_profile(self, request):
+        try:
+            document = json.loads(_read_body(request))
+        except ValueError:
+            return error_response(request, 400, "invalid profile request")
+        if not isinstance(document, dict) or "name" not in document:
+            return error_response(request, 400, "profile name is required")
+        name = document["name"]
+        if name is not None and not isinstance(name, str):
+            return error_response(request, 400, "profile name must be a string or null")
+        try:
+            self.profiles.activate(name or None)
+        except UnknownProfile:
+            return error_response(request, 404, f"profile {name} not found")
+        return json_response(request, {"active": self.profiles.active})
 
     @app.route("/api/metrics", methods=["GET"])
     def api_metrics(self, request):

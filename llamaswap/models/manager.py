@@ -152,6 +152,10 @@ class ModelManager(Service):
         """
         return self.scheduler.admit_now(model_id)
 
+    def state_of(self, model_id: str) -> str:
+        process = self.processes.get(model_id)
+        return process.state if process is not None else STOPPED
+
     def is_ready(self, model_id: str) -> bool:
         return self.processes[model_id].state == READY
 

@@ -52,6 +52,15 @@ class TokenMetricsRecorded:
 
 
 @frozen
+class ProfileChanged:
+    """
+    Another profile (or none: C{None}) became active.
+    """
+
+    active: str | None
+
+
+@frozen
 class ModelPreloaded:
     model: str
     success: bool

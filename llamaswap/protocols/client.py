@@ -32,10 +32,11 @@ from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
+from zope.interface import implementer
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_CHUNK_LINE = 1024
@@ -146,6 +147,7 @@ def header_lines(headers: Headers | list[bytes]) -> list[bytes]:
     return [name + b": " + value for name, values in headers.getAllRawHeaders() for value in values]
 
 
+@implementer(IHandshakeListener)
 class UpstreamConnection(Protocol):
     """
     One keep-alive connection; one exchange at a time.
@@ -159,9 +161,14 @@ class UpstreamConnection(Protocol):
         self,
         on_idle: Callable[[UpstreamConnection], None] | None = None,
         clock: IReactorTime | None = None,
+        keepalive: bool = False,
+        tls_handshake: float = 0,
     ):
         self.on_idle = on_idle
         self.clock = clock
+        self._keepalive = keepalive
+        self._tls_handshake = tls_handshake
+        self._handshake_timer: IDelayedCall | None = None
         self.busy = False
         self.reusable = False
         self.lost = False
@@ -178,7 +185,30 @@ class UpstreamConnection(Protocol):
 
     # ------------------------------------------------------------ connection
 
+    def connectionMade(self) -> None:
+        if self._keepalive:
+            set_keepalive = getattr(self.transport, "setTcpKeepAlive", None)
+            if set_keepalive is not None:
+                set_keepalive(True)
+        if self._tls_handshake and self.clock is not None:
+            self._handshake_timer = self.clock.callLater(self._tls_handshake, self._handshake_timed_out)
+
+    def handshakeCompleted(self) -> None:
+        """
+        IHandshakeListener: the TLS handshake of an https connection is done.
+        """
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if self._state == HEAD:
+            self._fail_head(UpstreamError(f"TLS handshake not done within {self._tls_handshake:g}s"))
+        self.abort()
+
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.handshakeCompleted()  # no handshake to wait for any more
         self.lost = True
         self.reusable = False
         state, self._state = self._state, CLOSED

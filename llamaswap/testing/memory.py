@@ -268,7 +268,7 @@ class MemoryNetwork:
 
     # ------------------------------------------------------------ clients
 
-    def endpoint(self, scheme: str, host: str, port: int) -> _ClientEndpoint:
+    def endpoint(self, scheme: str, host: str, port: int, timeout: float | None = None) -> _ClientEndpoint:
         return _ClientEndpoint(self, host, port)
 
     def endpointForURI(self, uri) -> _ClientEndpoint:

@@ -23,7 +23,7 @@ class FakeEndpoints:
     def __init__(self):
         self.connections = []
 
-    def endpoint(self, scheme, host, port):
+    def endpoint(self, scheme, host, port, timeout=None):
         endpoints = self
 
         class Endpoint:

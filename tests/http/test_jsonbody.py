@@ -97,3 +97,19 @@ def test_a_big_body_is_not_reencoded():
     raw = json.dumps({"model": "m", "messages": [{"content": image}], "top_p": 1}).encode()
     rewritten = parse_request_body(raw).rewrite(model="n", strip=["top_p"])
     assert rewritten == raw.replace(b'"model": "m"', b'"model": "n"').replace(b', "top_p": 1', b"")
+
+
+def test_set_params_replace_in_place_or_add_at_the_end():
+    raw = b'{"model": "m", "temperature": 1.5,\n "messages": []}'
+    body = parse_request_body(raw)
+    rewritten = body.rewrite(set_params=[("temperature", 0.7), ("provider", {"zdr": True, "order": ["a"]})])
+    assert rewritten == b'{"model": "m", "temperature": 0.7,\n "messages": [], "provider": {"zdr": true, "order": ["a"]}}'
+    assert body.rewrite(set_params=[("model", "x")]) is raw  # model is protected
+
+
+def test_strip_then_set_and_an_empty_object():
+    body = parse_request_body(b'{"model": "m", "top_p": 0.1, "seed": 1}')
+    assert body.rewrite(strip=["top_p", "seed"], set_params=[("seed", 42)]) == b'{"model": "m", "seed": 42}'
+    assert parse_request_body(b"{ }").rewrite(set_params=[("a", "é")]) == '{ "a": "é"}'.encode()
+    body = parse_request_body(b'{"model":"m","x":1,"x":2}')
+    assert body.rewrite(set_params=[("x", None)]) == b'{"model":"m","x":null,"x":null}'

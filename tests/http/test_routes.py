@@ -96,9 +96,13 @@ def test_list_models(server):
     assert model1["name"] == "Model 1"
     assert model1["description"] == "the first"
     port = server.config.models["model1"].proxy.rsplit(":", 1)[1]
-    assert model1["meta"] == {"llamaswap": {"port": int(port), "note": "id model1"}}
+    assert model1["meta"] == {
+        "llamaswap": {"port": int(port), "note": "id model1", "type": "model", "aliases": ["alias1"]}
+    }
+    assert model1["status"] == {"value": "unloaded"}
     model2 = listing["data"][3]
-    assert "name" not in model2 and "description" not in model2 and "meta" not in model2
+    assert "name" not in model2 and "description" not in model2
+    assert model2["meta"] == {"llamaswap": {"type": "model"}}
 
 
 def test_list_models_with_aliases(memory):
@@ -260,7 +264,7 @@ def test_upstream_passthrough(server):
     assert echoed["uri"] == "/echo/a%2Fb?x=1&y=2"
     assert echoed["body_length"] == 7
     response, body = server.fetch("GET", "/upstream/nope/test")
-    assert (response.code, body) == (400, b"model id required in path")
+    assert (response.code, body) == (404, b"model not found")
 
 
 def test_upstream_model_ids_with_slashes(memory):
