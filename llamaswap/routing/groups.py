@@ -9,11 +9,13 @@ one must stop before the other starts -- when
   - the first belongs to a group with C{exclusive: true} and the second to
     another group that is not C{persistent}.
 
-The scheduler (L{llamaswap.routing.scheduler}) uses this table to decide
-swaps; nothing else here has state.
+The scheduler (L{llamaswap.routing.scheduler}) asks the L{GroupSwapper}
+which running models stand in the way of the one it wants to start.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Iterable
 
 from llamaswap.config import Config
 
@@ -35,3 +37,24 @@ def conflicts(config: Config) -> dict[str, frozenset[str]]:
                     blocked.update(other.members)
         result[model_id] = frozenset(blocked)
     return result
+
+
+class GroupSwapper:
+    """
+    Swap decisions of the group router: a model evicts the running models
+    it conflicts with.
+    """
+
+    def __init__(self, config: Config):
+        self._conflicts = conflicts(config)
+
+    def evictions(self, target: str, active: Iterable[str]) -> set[str]:
+        """
+        The running models (of C{active}) that must stop before C{target}
+        may run.
+        """
+        blocked = self._conflicts.get(target, frozenset())
+        return {model for model in active if model in blocked}
+
+    def blocked_now(self, target: str, is_active: Callable[[str], bool]) -> bool:
+        return any(is_active(model) for model in self._conflicts.get(target, ()))

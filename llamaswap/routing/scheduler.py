@@ -31,7 +31,8 @@ from llamaswap.models.process import (
     StartFailed,
 )
 from llamaswap.observe.logs import Logs
-from llamaswap.routing.groups import conflicts
+from llamaswap.routing.groups import GroupSwapper
+from llamaswap.routing.matrix import MatrixSwapper
 
 
 class TooManyRequests(Exception):
@@ -69,9 +70,19 @@ class Lease:
             self._scheduler.released()
 
 
+def swapper_for(config: Config, log=None) -> GroupSwapper | MatrixSwapper:
+    """
+    What decides swaps under the configured router.
+    """
+    if config.router == "matrix":
+        return MatrixSwapper(config, log)
+    return GroupSwapper(config)
+
+
 class _Waiter:
-    def __init__(self, model_id: str):
+    def __init__(self, model_id: str, sequence: int):
         self.model_id = model_id
+        self.sequence = sequence
         self.deferred: Deferred = Deferred(self._cancelled)
         self.scheduler: Scheduler | None = None
 
@@ -88,7 +99,9 @@ class Scheduler:
     def __init__(self, config: Config, processes: dict[str, ModelProcess], logs: Logs):
         self.processes = processes
         self._logs = logs
-        self._conflicts = conflicts(config)
+        self._swapper = swapper_for(config, logs.proxy)
+        self._priority = dict(config.priority)
+        self._arrivals = 0
         self._queue: deque[_Waiter] = deque()
         self._draining: set[str] = set()
         # Processes of an earlier configuration, finishing their requests.
@@ -123,7 +136,8 @@ class Scheduler:
         waiting = sum(1 for waiter in self._queue if waiter.model_id == model_id)
         if process.inflight + waiting >= process.config.max_concurrency:
             raise TooManyRequests(f"Too many requests for model {model_id}")
-        waiter = _Waiter(model_id)
+        self._arrivals += 1
+        waiter = _Waiter(model_id, self._arrivals)
         waiter.scheduler = self
         self._queue.append(waiter)
         self._pump()
@@ -145,9 +159,8 @@ class Scheduler:
             return None
         if process.inflight >= process.config.max_concurrency:
             raise TooManyRequests(f"Too many requests for model {model_id}")
-        for other in self._conflicts[model_id]:
-            if self._active(other):
-                return None
+        if self._swapper.blocked_now(model_id, self._active):
+            return None
         process.acquire()
         return Lease(self, process)
 
@@ -166,7 +179,8 @@ class Scheduler:
         model with the same id or port is not started.
         """
         self.processes = processes
-        self._conflicts = conflicts(config)
+        self._swapper = swapper_for(config, self._logs.proxy)
+        self._priority = dict(config.priority)
         self._retiring.extend(retiring)
         for waiter in list(self._queue):
             if waiter.model_id not in processes:
@@ -241,22 +255,56 @@ class Scheduler:
         finally:
             self._pumping = False
 
+    def _blockers(self, model_id: str, pending: list[str], drain: set[str]) -> set[str] | None:
+        """
+        C{None} when a request for C{model_id} can be admitted now; else the
+        running models that must go first (maybe none: it may only have to
+        wait for a retiring process, or behind an earlier request).
+        """
+        active = [other for other in self.processes if other != model_id and self._active(other)]
+        blockers = self._swapper.evictions(model_id, active)
+        if blockers:
+            return blockers
+        if self._retiring and self._held_by_retiring(model_id):
+            return set()
+        if model_id in pending or model_id in drain:
+            return set()
+        for earlier in pending:
+            # Not in the way of a request that came (or ranks) first.
+            if model_id in self._swapper.evictions(earlier, [*active, model_id]):
+                return set()
+        return None
+
+    def _ordered(self) -> list[_Waiter]:
+        """
+        The waiting requests in the order they are served: higher priority
+        first, then first come first served.
+        """
+        if not self._priority:
+            return list(self._queue)
+        return sorted(self._queue, key=lambda waiter: (-self._priority.get(waiter.model_id, 0), waiter.sequence))
+
     def _pump_once(self) -> None:
-        reserved: set[str] = set()
+        pending: list[str] = []  # models that earlier requests wait for
         drain: set[str] = set()
         admitted: list[tuple[_Waiter, ModelProcess]] = []
-        for waiter in list(self._queue):
+        # Requests for one model decide alike until something is admitted.
+        decided: dict[str, set[str] | None] = {}
+        for waiter in self._ordered():
             model_id = waiter.model_id
-            blockers = {other for other in self._conflicts[model_id] if self._active(other)}
-            held = bool(self._retiring) and self._held_by_retiring(model_id)
-            if not blockers and not held and model_id not in reserved and model_id not in drain:
+            if model_id not in decided:
+                decided[model_id] = self._blockers(model_id, pending, drain)
+            blockers = decided[model_id]
+            if blockers is None:
                 self._queue.remove(waiter)
                 waiter.scheduler = None
                 process = self.processes[model_id]
                 process.acquire()  # from here on the model counts as active
                 admitted.append((waiter, process))
+                decided.clear()
                 continue
-            reserved |= self._conflicts[model_id]
+            if model_id not in pending:
+                pending.append(model_id)
             drain |= blockers
         for model_id in sorted(drain - self._draining):
             self._logs.proxy.debug(f"<{model_id}> draining: another model needs the machine")

@@ -35,6 +35,8 @@ from llamaswap.testing.upstream import FakeServer, Host, parse_args
 LISTEN_HOST = "127.0.0.1"
 LISTEN_PORT = 8080
 FAKE_UPSTREAM = ["-m", "llamaswap.testing.upstream"]
+# Tells which in-memory llamaswap spawned a model server.
+OWNER_VARIABLE = "LLAMASWAP_MEMORY_OWNER"
 
 
 class RawClient(Protocol):
@@ -98,9 +100,67 @@ class MemoryProcess:
 
     transport: FakeProcessTransport
     command: list[str]
+    owner: str = ""
     server: FakeServer | None = None
     exited: bool = False
     signals: list[int] = field(factory=list)
+
+
+class MemoryWorld:
+    """
+    What several in-memory llamaswaps share: the fake clock, the network,
+    and the model servers they "spawned" (the fake upstream, run in-process).
+    """
+
+    def __init__(self) -> None:
+        self.reactor = FakeReactor()
+        self.network = MemoryNetwork(self.reactor)
+        self.processes: list[MemoryProcess] = []
+        self.reactor.spawn_hook = self._spawned
+
+    def _spawned(self, transport: FakeProcessTransport) -> None:
+        args = list(transport.args)
+        command = args[args.index("--") + 1 :] if "--" in args else args
+        process = MemoryProcess(transport, command, owner=(transport.env or {}).get(OWNER_VARIABLE, ""))
+        self.processes.append(process)
+        if command[1:3] == FAKE_UPSTREAM:
+            options = parse_args(command[3:])
+            host = Host(
+                clock=self.reactor,
+                environ=dict(transport.env or {}),
+                print=lambda message: transport.output((message + "\n").encode()),
+                exit=lambda code: self._exit(process, code=code),
+            )
+
+            def listen(site):
+                return self.network.listen(options.host, options.port, site, owner=process)
+
+            process.server = FakeServer(options, host, listen)
+            process.server.start(transport.pid)
+
+    def killpg(self, pid: int, number: int) -> None:
+        for process in self.processes:
+            if process.transport.pid == pid and not process.exited:
+                process.signals.append(number)
+                if number == signal.SIGKILL:
+                    self._exit(process, signal_number=signal.SIGKILL)
+                elif number == signal.SIGTERM:
+                    if process.server is None:
+                        self._exit(process, signal_number=signal.SIGTERM)
+                    elif process.server.terminate():
+                        self._exit(process, code=0)
+                return
+        raise ProcessLookupError(pid)
+
+    def _exit(self, process: MemoryProcess, code: int = 0, signal_number: int | None = None) -> None:
+        if process.exited:
+            return
+        process.exited = True
+        if process.server is not None:
+            process.server.stop()
+        self.network.kill(process)
+        # The exit is noticed on a later turn of the reactor, as a real one is.
+        self.reactor.callLater(0, process.transport.exit, code, signal_number)
 
 
 class InMemoryLlamaswap:
@@ -109,22 +169,29 @@ class InMemoryLlamaswap:
     client (C{client}, a treq client) reaches it.
     """
 
-    def __init__(self, config_text: str, environ: dict[str, str] | None = None):
-        self.reactor = FakeReactor()
-        self.network = MemoryNetwork(self.reactor)
-        self.processes: list[MemoryProcess] = []
-        self.reactor.spawn_hook = self._spawned
-        environ = environ if environ is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        self.config = parse_config(textwrap.dedent(config_text))
+    def __init__(
+        self,
+        config_text: str,
+        environ: dict[str, str] | None = None,
+        world: MemoryWorld | None = None,
+        port: int = LISTEN_PORT,
+    ):
+        self.world = world if world is not None else MemoryWorld()
+        self.reactor = self.world.reactor
+        self.network = self.world.network
+        self.port = port
+        environ = dict(environ if environ is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        environ[OWNER_VARIABLE] = str(port)
+        self.config = parse_config(textwrap.dedent(config_text), environ=os.environ)
         self.service = LlamaswapService(
             self.config,
             listen=None,
             reactor=self.reactor,
             endpoints=self.network,
-            process_factory=partial(ModelProcess, killpg=self._killpg, environ=environ),
+            process_factory=partial(ModelProcess, killpg=self.world.killpg, environ=environ),
         )
-        self.network.listen(LISTEN_HOST, LISTEN_PORT, self.service.site)
-        self.url = f"http://{LISTEN_HOST}:{LISTEN_PORT}"
+        self.network.listen(LISTEN_HOST, port, self.service.site)
+        self.url = f"http://{LISTEN_HOST}:{port}"
         pool = HTTPConnectionPool(self.reactor, persistent=False)
         self.client = HTTPClient(
             Agent.usingEndpointFactory(self.reactor, self.network, pool=pool),
@@ -201,7 +268,7 @@ class InMemoryLlamaswap:
         A raw connection to llamaswap, for bytes no well-behaved client
         would send.
         """
-        return self.run(self.network.connect(LISTEN_HOST, LISTEN_PORT, Factory.forProtocol(RawClient)))
+        return self.run(self.network.connect(LISTEN_HOST, self.port, Factory.forProtocol(RawClient)))
 
     def raw(self, data: bytes, seconds: float = 5.0) -> bytes:
         """
@@ -230,49 +297,12 @@ class InMemoryLlamaswap:
     def state(self, model_id: str) -> str:
         return self.service.manager.processes[model_id].state
 
+    @property
+    def processes(self) -> list[MemoryProcess]:
+        """
+        The model servers this llamaswap started.
+        """
+        return [process for process in self.world.processes if process.owner == str(self.port)]
+
     def live(self) -> list[MemoryProcess]:
         return [process for process in self.processes if not process.exited]
-
-    def _spawned(self, transport: FakeProcessTransport) -> None:
-        args = list(transport.args)
-        command = args[args.index("--") + 1 :] if "--" in args else args
-        process = MemoryProcess(transport, command)
-        self.processes.append(process)
-        if command[1:3] == FAKE_UPSTREAM:
-            options = parse_args(command[3:])
-            host = Host(
-                clock=self.reactor,
-                environ=dict(transport.env or {}),
-                print=lambda message: transport.output((message + "\n").encode()),
-                exit=lambda code: self._exit(process, code=code),
-            )
-
-            def listen(site):
-                return self.network.listen(options.host, options.port, site, owner=process)
-
-            process.server = FakeServer(options, host, listen)
-            process.server.start(transport.pid)
-
-    def _killpg(self, pid: int, number: int) -> None:
-        for process in self.processes:
-            if process.transport.pid == pid and not process.exited:
-                process.signals.append(number)
-                if number == signal.SIGKILL:
-                    self._exit(process, signal_number=signal.SIGKILL)
-                elif number == signal.SIGTERM:
-                    if process.server is None:
-                        self._exit(process, signal_number=signal.SIGTERM)
-                    elif process.server.terminate():
-                        self._exit(process, code=0)
-                return
-        raise ProcessLookupError(pid)
-
-    def _exit(self, process: MemoryProcess, code: int = 0, signal_number: int | None = None) -> None:
-        if process.exited:
-            return
-        process.exited = True
-        if process.server is not None:
-            process.server.stop()
-        self.network.kill(process)
-        # The exit is noticed on a later turn of the reactor, as a real one is.
-        self.reactor.callLater(0, process.transport.exit, code, signal_number)

@@ -239,3 +239,65 @@ def test_interleaved_requests_never_overlap_conflicting_models():
         harness.settle()
     assert violations == []
     assert len(admitted) == requested > 150
+
+
+MATRIX = """
+models:
+  gemma: {cmd: "sleep ${PORT}"}
+  qwen: {cmd: "sleep ${PORT}"}
+  voice: {cmd: "sleep ${PORT}"}
+  rerank: {cmd: "sleep ${PORT}"}
+  big: {cmd: "sleep ${PORT}"}
+  loner: {cmd: "sleep ${PORT}"}
+routing:
+  router:
+    use: matrix
+    settings:
+      matrix:
+        vars: {g: gemma, q: qwen, v: voice}
+        evict_costs: {v: 50}
+        sets:
+          standard: "(g | q) & v"
+          search: "q & rerank & v"
+          full: big
+"""
+
+
+def test_matrix_router_runs_allowed_sets_together_and_evicts_the_cheapest():
+    harness = SchedulerHarness(MATRIX)
+    harness.run("gemma").release()
+    harness.run("voice").release()
+    assert harness.running() == ["gemma", "voice"]  # one set allows both
+    harness.run("qwen").release()
+    assert harness.running() == ["qwen", "voice"]  # gemma goes, the costly voice stays
+    harness.run("rerank").release()
+    assert harness.running() == ["qwen", "rerank", "voice"]
+    harness.run("big").release()
+    assert harness.running() == ["big"]  # a set of its own: everything else goes
+    harness.run("loner").release()
+    assert harness.running() == ["loner"]  # in no set: runs alone
+    assert "matrix: <loner> set=(alone) evict=['big']" in harness.logs.proxy_monitor.history().decode()
+
+
+def test_priority_serves_higher_first_then_in_arrival_order():
+    harness = SchedulerHarness(
+        CONFIG.replace("groups:", "routing:\n  scheduler:\n    settings:\n      fifo:\n        priority: {c: 10, b: 5}\ngroups:")
+    )
+    lease = harness.run("a")
+    waiters = [(model, harness.request(model)) for model in ("solo", "b", "solo", "c")]
+    harness.settle()
+    rounds = []
+    lease.release()
+    while len(sum(rounds, [])) < len(waiters):
+        harness.settle()
+        seen = {id(outcome) for outcome in sum(rounds, [])}
+        admitted = [outcome for model, outcome in waiters if outcome and id(outcome) not in seen]
+        assert admitted, "nothing was admitted"
+        rounds.append(admitted)
+        for outcome in admitted:
+            outcome[0].process.ensure_ready()
+        harness.settle()
+        for outcome in admitted:
+            outcome[0].release()
+    admitted_models = [sorted(outcome[0].process.id for outcome in batch) for batch in rounds]
+    assert admitted_models == [["c"], ["b"], ["solo", "solo"]]  # one model at a time: they all conflict
