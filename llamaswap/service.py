@@ -59,7 +59,9 @@ class LlamaswapService(MultiService):
         listen: str | None,
         reactor=None,
         config_path: str | None = None,
+        config_dir: str | None = None,
         watch_config: bool = False,
+        reload_on_hangup: bool = False,
         startup_notes: tuple[str, ...] = (),
         probe=None,
         endpoints: UpstreamEndpoints | None = None,
@@ -71,6 +73,7 @@ class LlamaswapService(MultiService):
         self.clock = reactor
         self.config = config
         self.config_path = config_path
+        self.config_dir = config_dir
         self.watch_config = watch_config
         self.listen = listen
         self._startup_notes = startup_notes
@@ -115,11 +118,15 @@ class LlamaswapService(MultiService):
         if listen is not None:
             self.http = ListeningService(serverFromString(reactor, listen), self.site)
             self.http.setServiceParent(self)
-        if watch_config and config_path:
+        if watch_config and (config_path or config_dir):
             from llamaswap.config.watcher import ConfigWatcher
 
-            self.watcher = ConfigWatcher(config_path, self.reload_config, reactor)
+            self.watcher = ConfigWatcher(config_path, self.reload_config, reactor, directory=config_dir)
             self.watcher.setServiceParent(self)
+        if reload_on_hangup:
+            from llamaswap.config.watcher import ReloadOnHangup
+
+            ReloadOnHangup(self.reload_config, reactor).setServiceParent(self)
 
     def startService(self) -> None:
         for note in self._startup_notes:
@@ -145,12 +152,16 @@ class LlamaswapService(MultiService):
 
     def reload_config(self) -> bool:
         """
-        Load the configuration file again and switch to it; a file that does
-        not load is reported and the current configuration keeps serving.
+        Load the configuration files again and switch to them; a
+        configuration that does not load is reported and the current one
+        keeps serving.
         """
+        if not (self.config_path or self.config_dir):
+            self.logs.proxy.info("nothing to reload: the built-in demo configuration is in use")
+            return False
         self.bus.publish(ConfigFileChanged("start"))
         try:
-            config = load_config(self.config_path, previous=self.config)
+            config = load_config(self.config_path, previous=self.config, config_dir=self.config_dir)
         except ConfigError as error:
             self.logs.proxy.error(f"configuration not reloaded, the previous one stays in use: {error}")
             self.bus.publish(ConfigFileChanged("end"))

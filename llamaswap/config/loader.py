@@ -469,7 +469,7 @@ def _unload_timeout(fields: Fields, default: float, where: str) -> float:
         if fields.has(key):
             value = fields.number(key, default)
             if value < 0:
-                raise _error(f"{where}{key} must be 0 (the default) or a number of seconds, got {_macros.format_value(value)}")
+                raise _error(f"{where}{key} must be 0 (use the default) or a number of seconds, got {_macros.format_value(value)}")
             return value or default
     return default
 
@@ -606,16 +606,19 @@ def _plain(value: Any) -> Any:
 def _build_filters(data: Any, where: str, known: set[str], warnings: list[str]) -> Filters:
     fields = Fields(data, where, known, warnings)
     strip = fields.text("stripParams") or fields.text("strip_params")
-    set_params = _params(fields.mapping("setParams"), f"{where}.setParams")
+    set_params = _params(fields.mapping("setParams"), f"{where}.setParams", warnings)
     by_id: dict[str, tuple] = {}
     for requested, params in fields.mapping("setParamsByID").items():
         if not isinstance(params, dict):
             raise ConfigError(f"{where}.setParamsByID.{requested}: expected a mapping of parameters, got {describe(params)}")
-        by_id[str(requested)] = _params(params, f"{where}.setParamsByID.{requested}")
+        by_id[str(requested)] = _params(params, f"{where}.setParamsByID.{requested}", warnings)
     return Filters(strip_params=sanitize_strip_params(strip), set_params=set_params, set_params_by_id=by_id)
 
 
-def _params(data: dict, where: str) -> tuple[tuple[str, Any], ...]:
+def _params(data: dict, where: str, warnings: list[str]) -> tuple[tuple[str, Any], ...]:
+    for key in data:
+        if str(key) in PROTECTED_PARAMS:
+            warnings.append(f"{where}.{key} is ignored: routing decides the model, filters cannot change it")
     return tuple(sorted((str(key), _plain(value)) for key, value in data.items() if str(key) not in PROTECTED_PARAMS))
 
 

@@ -51,7 +51,7 @@ _Loader.add_implicit_resolver(
 def env_value(name: str, environ: Mapping[str, str], where: str) -> str:
     value = environ.get(name)
     if value is None:
-        raise ConfigError(f"{where}environment variable '{name}' is not set (it is used as ${{env.{name}}})")
+        raise ConfigError(f"{where}environment variable '{name}' is not set: export it before starting llamaswap, or remove ${{env.{name}}}")
     if any(char in value for char in "\n\r\x00"):
         raise ConfigError(f"{where}environment variable '{name}' contains a line break or NUL, which a setting cannot")
     return value

@@ -19,6 +19,7 @@ from typing import Callable
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
+from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from llamaswap.config import PeerConfig
@@ -60,6 +61,7 @@ class Gateway:
         path: bytes | None = None,
         loading: bool = False,
         on_done: Callable[[], None] | None = None,
+        upgrade: bytes | None = None,
     ) -> bytes | Deferred:
         """
         Relay C{request} to C{model_id}'s server once it may be used.
@@ -71,6 +73,8 @@ class Gateway:
         @param loading: keep the client company with loading-state messages
             if the model has to start first (a streaming chat request).
         @param on_done: called once the request is over, however it ends.
+        @param upgrade: the protocol the client asks to switch to; the
+            model stays in use until the switched connection closes.
         @return: an error body to send at once (429, 503), the resource
             that relays the answer when the model could be used at once, or
             a Deferred firing with that resource once it can (C{None} when
@@ -82,7 +86,7 @@ class Gateway:
         try:
             lease = self.models.use_now(model_id)
             if lease is not None:
-                return self._relay(request, model_id, lease, body, path, headers_sent=False)
+                return self._relay(request, model_id, lease, body, path, headers_sent=False, upgrade=upgrade)
             waiting = self.models.use(model_id)
         except TooManyRequests:
             return error_response(request, 429, "Too many requests")
@@ -98,7 +102,9 @@ class Gateway:
                 return None
             if stream is not None:
                 stream.done()
-            return self._relay(request, model_id, lease, body, path, headers_sent=stream is not None)
+            return self._relay(
+                request, model_id, lease, body, path, headers_sent=stream is not None, upgrade=upgrade
+            )
 
         def failed(failure: Failure):
             if failure.check(CancelledError):
@@ -120,6 +126,7 @@ class Gateway:
         path: bytes | None = None,
         metrics_name: str | None = None,
         on_done: Callable[[], None] | None = None,
+        upgrade: bytes | None = None,
     ) -> ReverseProxyResource:
         """
         Relay C{request} to a peer, with its API key (as C{Authorization:
@@ -142,6 +149,30 @@ class Gateway:
             head_timeout=peer.timeouts.response_header or None,
             options=ConnectionOptions.from_timeouts(peer.timeouts),
             set_headers=set_headers,
+            upgrade=upgrade,
+        )
+
+    def forward_unmanaged(self, request: Request, model_id: str, path: bytes, upgrade: bytes) -> bytes | Resource:
+        """
+        Relay a WebSocket of a model with C{compat.ignoreWebsockets}: only
+        to a server that is already up, and without taking part in its
+        life -- it does not start the model, count as in use, delay its
+        ttl or hold back a swap (a swap may cut it).
+        """
+        if not self.models.is_ready(model_id):
+            return error_response(
+                request, 409, f"model {model_id} is not loaded; ignored websocket requests cannot start it"
+            )
+        model = self.models.config.models[model_id]
+        return ReverseProxyResource(
+            self.client,
+            model_id,
+            model.proxy,
+            path,
+            None,
+            log_error=self.log.error,
+            options=ConnectionOptions.from_timeouts(model.timeouts),
+            upgrade=upgrade,
         )
 
     def _describe_start_failure(self, model_id: str, failure: Failure) -> tuple[int, str]:
@@ -168,7 +199,7 @@ class Gateway:
             backlog=self.backlog,
         )
 
-    def _relay(self, request: Request, model_id: str, lease: Lease, body, path, headers_sent: bool):
+    def _relay(self, request: Request, model_id: str, lease: Lease, body, path, headers_sent: bool, upgrade=None):
         model = lease.process.config
         return ReverseProxyResource(
             self.client,
@@ -182,4 +213,5 @@ class Gateway:
             headers_sent=headers_sent,
             head_timeout=model.timeouts.response_header or None,
             options=ConnectionOptions.from_timeouts(model.timeouts),
+            upgrade=upgrade,
         )

@@ -9,6 +9,11 @@ connection, so memory stays bounded whatever the response size.  A client
 that goes away aborts the upstream request (so the model stops generating);
 an upstream that dies mid-answer ends the client's response without leaving
 it hanging.
+
+A request that asks to upgrade the connection (a WebSocket, on the
+C{/upstream} and C{/comfyui} routes) is sent with its upgrade headers; if
+the server switches protocols, the two connections are spliced and bytes
+flow both ways, with the same flow control, until either side closes.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from zope.interface import implementer
 
 from llamaswap.http.answers import send_error
 from llamaswap.http.client import DEFAULT_OPTIONS, ConnectionOptions, UpstreamClient, UpstreamRequest
-from llamaswap.protocols.client import ResponseHead, ResponseHeadTimeout, UpstreamConnection
+from llamaswap.protocols.client import ResponseHead, ResponseHeadTimeout, UpstreamConnection, UpstreamError
 from llamaswap.protocols.failures import describe_failure
 from llamaswap.protocols.sse import sse_event
 
@@ -43,6 +48,9 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+# What a client may send before the server agreed to switch protocols,
+# before we stop reading from it.
+EARLY_DATA_LIMIT = 64 * 1024
 # Request headers we set ourselves rather than copy.
 NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
 
@@ -57,6 +65,22 @@ class ResponseObserver(TypingProtocol):
     def data_received(self, data: bytes) -> None: ...
 
     def response_ended(self, complete: bool) -> None: ...
+
+
+def upgrade_requested(request: Request) -> bytes | None:
+    """
+    The protocol a request asks to switch to (C{Upgrade}, when
+    C{Connection} lists C{upgrade}), or C{None}.
+    """
+    headers = request.requestHeaders
+    if b"upgrade" not in connection_tokens(headers.getRawHeaders(b"connection")):
+        return None
+    values = headers.getRawHeaders(b"upgrade")
+    return b", ".join(values) if values else None
+
+
+def is_websocket(upgrade: bytes | None) -> bool:
+    return upgrade is not None and any(token.strip().lower() == b"websocket" for token in upgrade.split(b","))
 
 
 def connection_tokens(values: list[bytes] | None) -> frozenset[bytes]:
@@ -123,16 +147,23 @@ class _ProxiedExchange:
         self.done = False
         self.sse = False
         self.streaming = False
+        self.tunnel = False
+        self.early: list[bytes] = []  # what the client sent before the switch
+        self.early_size = 0
 
     def start(self) -> None:
         request = self.request
         request.notifyFinish().addErrback(self.client_lost)
         resource = self.resource
+        headers = resource.set_headers
+        if resource.upgrade is not None:
+            headers = ((b"Connection", b"Upgrade"), (b"Upgrade", resource.upgrade), *headers)
+            request.channel.divert_input(self.client_data)
         self.pending = resource.client.request(
             request.method,
             resource.base,
             resource.target,
-            forwarded_header_lines(request, resource.set_headers),
+            forwarded_header_lines(request, headers),
             resource.body,
             self,
             head_timeout=resource.head_timeout,
@@ -147,6 +178,9 @@ class _ProxiedExchange:
             connection.abort()
             return
         request = self.request
+        if head.code == 101:
+            self.switch_protocols(connection, head)
+            return
         self.sse = b"text/event-stream" in (head.header(b"content-type") or b"").lower()
         if not self.resource.headers_sent:
             request.setResponseCode(head.code, head.phrase)
@@ -160,9 +194,52 @@ class _ProxiedExchange:
         request.registerProducer(self, True)
         connection.read_body(self)
 
+    def switch_protocols(self, connection: UpstreamConnection, head: ResponseHead) -> None:
+        """
+        The server accepted the upgrade: send its 101 on, then splice.
+        """
+        request = self.request
+        if self.resource.upgrade is None:
+            connection.abort()
+            self.request_failed(Failure(UpstreamError("the server switched protocols without being asked")))
+            return
+        self.tunnel = True
+        self.streaming = True
+        request.setResponseCode(101)  # for the access log; the head is written here
+        lines = [b"HTTP/1.1 101 " + (head.phrase or b"Switching Protocols")]
+        lines.extend(name + b": " + value for name, value in head.raw_headers)
+        client = request.channel.transport
+        client.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        early, self.early = self.early, []
+        for data in early:
+            connection.write(data)
+        # flow control both ways: a slow reader pauses the other side
+        request.registerProducer(self, True)
+        connection.transport.registerProducer(client, True)
+        if self.early_size > EARLY_DATA_LIMIT:
+            client.resumeProducing()
+        connection.read_body(self)
+
+    def client_data(self, data: bytes) -> None:
+        """
+        Bytes from a client whose connection asked to upgrade.
+        """
+        if self.tunnel:
+            self.connection.write(data)
+            return
+        if self.done:
+            return
+        self.early.append(data)
+        self.early_size += len(data)
+        if self.early_size > EARLY_DATA_LIMIT:
+            self.request.channel.transport.pauseProducing()
+
     # the upstream body
     def body_data(self, data: bytes) -> None:
         if self.client_gone:
+            return
+        if self.tunnel:
+            self.request.channel.transport.write(data)
             return
         self.request.write(data)
         if self.observer is not None:
@@ -204,7 +281,10 @@ class _ProxiedExchange:
         if self.pending is not None:
             self.pending.cancel()
         if self.connection is not None:
-            self.connection.abort()
+            if self.tunnel:
+                self.connection.close()  # let what the client sent last reach the server
+            else:
+                self.connection.abort()
 
     def finish(self, complete: bool, reason: str, already_finished: bool = False) -> None:
         if self.done:
@@ -213,7 +293,12 @@ class _ProxiedExchange:
         request = self.request
         if self.streaming and request.channel is not None:
             request.unregisterProducer()
-        if not self.client_gone and not already_finished and not request.finished:
+        if self.tunnel:
+            if self.connection is not None and not self.connection.lost:
+                self.connection.transport.unregisterProducer()
+            if request.channel is not None:
+                request.channel.transport.loseConnection()
+        elif not self.client_gone and not already_finished and not request.finished:
             if complete:
                 request.finish()
             elif self.sse:
@@ -250,6 +335,9 @@ class ReverseProxyResource(Resource):
         the request is sent; then the client gets 504.
     @param options: how connections to that server are made and kept.
     @param set_headers: request headers to send instead of the client's.
+    @param upgrade: the protocol the client asked to switch to (its
+        C{Upgrade} header), to be asked of the server too; C{None} to
+        relay a plain request.
     """
 
     isLeaf = True
@@ -269,6 +357,7 @@ class ReverseProxyResource(Resource):
         head_timeout: float | None = None,
         options: ConnectionOptions = DEFAULT_OPTIONS,
         set_headers: tuple[tuple[bytes, bytes], ...] = (),
+        upgrade: bytes | None = None,
     ):
         super().__init__()
         self.client = client
@@ -283,6 +372,7 @@ class ReverseProxyResource(Resource):
         self.head_timeout = head_timeout
         self.options = options
         self.set_headers = set_headers
+        self.upgrade = upgrade
 
     def render(self, request: Request):
         _ProxiedExchange(self, request).start()

@@ -14,6 +14,7 @@ from klein import Klein
 from twisted.python.filepath import FilePath
 from twisted.web.server import Request
 
+from llamaswap.config.records import COMFYUI_MODEL_ID
 from llamaswap.http.answers import error_response, json_response, sized
 from llamaswap.http.bodies import spooled_body
 from llamaswap.http.gateway import Gateway
@@ -26,6 +27,7 @@ from llamaswap.http.multipart import (
     parse_fields,
     replace_value,
 )
+from llamaswap.http.proxy import is_websocket, upgrade_requested
 from llamaswap.http.streams import LOG_SOURCES, stream_events, stream_logs
 from llamaswap.http.ui import UIFiles
 from llamaswap.models.manager import ModelManager
@@ -203,17 +205,49 @@ class Routes:
             return sized(request, b"")
         model_id = self.config.real_model_name(name)
         target = remaining.encode("utf-8", "surrogateescape") + query
+        upgrade = upgrade_requested(request)
         if model_id is None:
             peer_id, peer_model = self.config.peer_model(name)
             path = f"/upstream/{peer_model}".encode("utf-8", "surrogateescape") + target
             return self.gateway.forward_to_peer(
-                request, self.config.peers[peer_id], spooled_body(request.content), path=path
+                request, self.config.peers[peer_id], spooled_body(request.content), path=path, upgrade=upgrade
             )
         if not self.models.is_ready(model_id) and ignored_path(self.config, remaining):
             return error_response(
                 request, 409, f"model {model_id} is not loaded; path matches upstream.ignorePaths"
             )
-        return self.gateway.forward(request, model_id, spooled_body(request.content), path=target)
+        return self._forward_local(request, model_id, target, upgrade)
+
+    def _forward_local(self, request: Request, model_id: str, target: bytes, upgrade: bytes | None):
+        if is_websocket(upgrade) and self.config.models[model_id].ignore_websockets:
+            return self.gateway.forward_unmanaged(request, model_id, target, upgrade)
+        return self.gateway.forward(request, model_id, spooled_body(request.content), path=target, upgrade=upgrade)
+
+    # ------------------------------------------------------------ ComfyUI
+
+    @app.route("/comfyui", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+    def comfyui_index(self, request: Request):
+        query = request.uri[len(request.path) :]
+        request.setResponseCode(301 if request.method in (b"GET", b"HEAD") else 308)
+        request.setHeader(b"location", b"/comfyui/" + query)
+        return sized(request, b"")
+
+    @app.route("/comfyui/", branch=True)
+    def comfyui(self, request: Request):
+        """
+        ComfyUI behind a fixed model id: only its front page may start it,
+        so a browser tab left open does not load it again with its
+        background requests once it was unloaded.
+        """
+        if COMFYUI_MODEL_ID not in self.config.models:
+            return error_response(request, 404, f"local model {COMFYUI_MODEL_ID} not found")
+        remaining = request.path[len(b"/comfyui") :]
+        if remaining != b"/" and not self.models.is_ready(COMFYUI_MODEL_ID):
+            return error_response(
+                request, 409, f"model {COMFYUI_MODEL_ID} is not loaded; only /comfyui/ can start it"
+            )
+        target = remaining + request.uri[len(request.path) :]
+        return self._forward_local(request, COMFYUI_MODEL_ID, target, upgrade_requested(request))
 
     # ------------------------------------------------------------ models
 

@@ -21,6 +21,8 @@ consumes bytes in it.  The whole table of states:
     chunk-data      the bytes of a chunk
     chunk-end       the CRLF after a chunk's bytes
     trailer         trailer lines after the last chunk
+    tunnel          after 101 Switching Protocols: raw bytes both ways
+                    until either side closes (a WebSocket)
     done            the exchange ended; the connection is closing
     closed          the connection is gone
 """
@@ -51,9 +53,12 @@ CHUNK_SIZE = "chunk-size"
 CHUNK_DATA = "chunk-data"
 CHUNK_END = "chunk-end"
 TRAILER = "trailer"
+TUNNEL = "tunnel"
 DONE = "done"
 CLOSED = "closed"
-BODY_STATES = frozenset({BODY_LENGTH, BODY_UNTIL_CLOSE, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILER})
+BODY_STATES = frozenset({BODY_LENGTH, BODY_UNTIL_CLOSE, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILER, TUNNEL})
+# States whose data simply ends when the server closes the connection.
+ENDS_AT_CLOSE = frozenset({BODY_UNTIL_CLOSE, TUNNEL})
 
 
 class UpstreamError(Exception):
@@ -215,7 +220,7 @@ class UpstreamConnection(Protocol):
         if state == HEAD:
             error = NoResponse if not self._received_anything else UpstreamError
             self._fail_head(error(f"connection closed before the response: {reason.getErrorMessage()}"))
-        elif state == BODY_UNTIL_CLOSE:
+        elif state in ENDS_AT_CLOSE:
             self._end_body(True, "")  # the body ran until the close, as announced
         elif state in BODY_STATES:
             self._end_body(False, f"connection lost mid-response: {reason.getErrorMessage()}")
@@ -296,6 +301,23 @@ class UpstreamConnection(Protocol):
             self._parse()
         elif self._state == CLOSED:
             sink.body_done(False, "connection lost")
+
+    def write(self, data: bytes) -> None:
+        """
+        Send the client's bytes on a connection switched to another protocol.
+        """
+        if self._state != TUNNEL:
+            raise UpstreamError("only a switched connection carries raw bytes")
+        if not self.lost:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """
+        Close once what was written is sent (the other side of a tunnel closed).
+        """
+        if not self.lost and self.transport is not None:
+            self.reusable = False
+            self.transport.loseConnection()
 
     def pause(self) -> None:
         if not self.lost:
@@ -380,6 +402,9 @@ class UpstreamConnection(Protocol):
         response body is delimited; C{None} (and the exchange failed) for an
         unreadable Content-Length.
         """
+        if code == 101:
+            self._keep_alive = False
+            return TUNNEL
         connection = b",".join(framing.get(b"connection", ())).lower()
         if version == b"HTTP/1.0":
             self._keep_alive = b"keep-alive" in connection
@@ -479,6 +504,7 @@ class UpstreamConnection(Protocol):
         HEAD: _read_head,
         BODY_LENGTH: _read_body_length,
         BODY_UNTIL_CLOSE: _read_body_until_close,
+        TUNNEL: _read_body_until_close,
         CHUNK_SIZE: _read_chunk_size,
         CHUNK_DATA: _read_chunk_data,
         CHUNK_END: _read_chunk_end,

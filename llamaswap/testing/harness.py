@@ -31,6 +31,7 @@ from llamaswap.service import LlamaswapService
 from llamaswap.testing.fakes import FakeProcessTransport, FakeReactor
 from llamaswap.testing.memory import MemoryNetwork
 from llamaswap.testing.upstream import FakeServer, Host, parse_args
+from llamaswap.testing.websocket import WebSocketClient
 
 LISTEN_HOST = "127.0.0.1"
 LISTEN_PORT = 8080
@@ -269,6 +270,16 @@ class InMemoryLlamaswap:
         would send.
         """
         return self.run(self.network.connect(LISTEN_HOST, self.port, Factory.forProtocol(RawClient)))
+
+    def websocket(self, path: str, *headers: bytes) -> WebSocketClient:
+        """
+        Open a WebSocket to C{path}; returns once the answer's head came
+        (look at C{status}, C{accepted}).
+        """
+        client = WebSocketClient(path.encode(), headers=headers)
+        self.run(self.network.connect(LISTEN_HOST, self.port, Factory.forProtocol(lambda: client)))
+        self.run(client.open)
+        return client
 
     def raw(self, data: bytes, seconds: float = 5.0) -> bytes:
         """

@@ -39,6 +39,8 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 from llamaswap.http.multipart import InvalidForm, boundary_of, form_value, parse_fields
+from llamaswap.http.site import SwitchableChannel
+from llamaswap.testing.websocket import EchoSocket, accept_key
 
 
 @frozen
@@ -140,6 +142,8 @@ class FakeUpstream(resource.Resource):
     def render(self, request: server.Request):
         self.requests += 1
         path = request.path.decode("utf-8", "replace")
+        if (request.getHeader(b"upgrade") or b"").lower() == b"websocket":
+            return self.websocket(request)
         handler = self.ROUTES.get((request.method.decode(), path))
         if handler is None and path.startswith("/echo"):
             handler = FakeUpstream.echo
@@ -161,6 +165,26 @@ class FakeUpstream(resource.Resource):
             self.clock.callLater(wait, later)
             return server.NOT_DONE_YET
         return handler(self, request, body)
+
+    def websocket(self, request: server.Request):
+        """
+        Any path upgraded to a WebSocket echoes messages (see L{EchoSocket});
+        C{?refuse=1} answers 403 instead of switching.
+        """
+        key = request.getHeader(b"sec-websocket-key")
+        if key is None or request.args.get(b"refuse"):
+            return self._send_json(request, {"error": "websocket refused"}, 403)
+        channel = request.channel
+        transport = channel.transport
+        self.say(f"websocket opened on {request.uri.decode('latin-1')}")
+        socket = EchoSocket(self.respond, transport, lambda: self.say("websocket closed"))
+        channel.divert_input(socket.data_received)
+        request.setResponseCode(101)
+        transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_key(key) + b"\r\n\r\n"
+        )
+        return server.NOT_DONE_YET
 
     @staticmethod
     def _json(body: bytes) -> Any:
@@ -497,6 +521,8 @@ class FakeUpstream(resource.Resource):
 
 
 class _QuietSite(server.Site):
+    protocol = SwitchableChannel
+
     def log(self, request):
         pass
 

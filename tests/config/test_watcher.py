@@ -6,6 +6,7 @@ file, Kubernetes' ..data symlink swap, debouncing.
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest_twisted
 from twisted.internet import reactor
@@ -82,3 +83,89 @@ def test_inotify_watcher_follows_a_configmap_data_swap(tmp_path):
         yield wait_until(lambda: fired == ["second"])
     finally:
         watcher.stopService()
+
+
+def settle(clock: Clock) -> None:
+    """
+    One poll and the quiet period after it, in poll-sized steps.
+    """
+    for _ in range(3):
+        clock.advance(0.5)
+
+
+def test_polling_watcher_sees_files_added_changed_and_removed_in_the_directory(tmp_path):
+    main = tmp_path / "main.yaml"
+    main.write_text("main")
+    directory = tmp_path / "conf.d"
+    directory.mkdir()
+    (directory / "a.yaml").write_text("a")
+    clock = Clock()
+    fired = []
+    watcher = ConfigWatcher(
+        str(main), lambda: fired.append(clock.seconds()), clock, use_inotify=False, directory=str(directory)
+    )
+    watcher.startService()
+    try:
+        (directory / "notes.txt").write_text("not configuration")
+        clock.advance(3)
+        assert fired == []
+        (directory / "b.yml").write_text("b")  # added
+        settle(clock)
+        assert len(fired) == 1
+        (directory / "a.yaml").write_text("a, longer")  # changed
+        settle(clock)
+        assert len(fired) == 2
+        (directory / "b.yml").unlink()  # removed
+        settle(clock)
+        assert len(fired) == 3
+        main.write_text("main, changed")  # the -c file is still watched
+        settle(clock)
+        assert len(fired) == 4
+    finally:
+        watcher.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_inotify_watcher_sees_yaml_files_of_the_directory(tmp_path):
+    directory = tmp_path / "conf.d"
+    directory.mkdir()
+    fired = []
+    watcher = ConfigWatcher(None, lambda: fired.append(True), reactor, debounce=0.1, directory=str(directory))
+    watcher.startService()
+    try:
+        assert watcher.mode == "inotify"
+        (directory / "notes.txt").write_text("ignored")
+        yield sleep(0.3)
+        assert fired == []
+        (directory / "models.yml").write_text("models: {}")
+        yield wait_until(lambda: len(fired) == 1)
+        (directory / "models.yml").unlink()
+        yield wait_until(lambda: len(fired) == 2)
+    finally:
+        watcher.stopService()
+
+
+def test_sighup_schedules_a_reload_in_the_reactor_thread():
+    from llamaswap.config.watcher import ReloadOnHangup
+
+    class Calls:
+        def __init__(self):
+            self.scheduled = []
+
+        def callFromThread(self, function, *args):
+            self.scheduled.append(function)
+
+    fired = []
+    calls = Calls()
+    before = signal.getsignal(signal.SIGHUP)
+    service = ReloadOnHangup(lambda: fired.append(True), calls)
+    service.startService()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert fired == []  # nothing runs inside the signal handler
+        assert len(calls.scheduled) == 1
+        calls.scheduled[0]()
+        assert fired == [True]
+    finally:
+        service.stopService()
+    assert signal.getsignal(signal.SIGHUP) == before

@@ -127,3 +127,16 @@ def test_a_peer_that_does_not_have_the_model_answers_for_itself(pair):
     response, body = near.chat("far/missing-on-far")
     assert response.code == 400  # the far llamaswap's own answer, relayed
     assert b"missing-on-far" in body
+
+
+def test_websockets_reach_a_peers_model_through_both_instances(pair):
+    near, far = pair
+    socket = near.websocket("/upstream/far/remote-chat/ws")
+    assert socket.accepted, socket.head
+    socket.send(b"over two hops")
+    assert near.run(socket.wait_for(1)) == [(1, b"remote-chat: over two hops")]
+    assert far.service.manager.processes["remote-chat"].inflight == 1  # the far side holds its model
+    socket.close()
+    near.run(socket.closed)
+    far.advance(1)
+    assert far.service.manager.processes["remote-chat"].inflight == 0

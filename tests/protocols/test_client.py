@@ -259,3 +259,24 @@ def test_a_head_in_time_cancels_the_timeout():
     feed(protocol, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert heads[0].code == 200
     assert clock.getDelayedCalls() == []
+
+
+def test_switching_protocols_turns_the_connection_into_a_tunnel():
+    protocol, transport, parked = connection()
+    heads, _ = exchange(protocol, method=b"GET", body=None, headers=[b"Upgrade: websocket", b"Connection: Upgrade"])
+    with pytest.raises(UpstreamError):
+        protocol.write(b"too early")  # raw bytes only once the server switched
+    feed(protocol, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n\x81\x02hi")
+    assert heads[0].code == 101
+    sink = Sink()
+    protocol.read_body(sink)
+    feed(protocol, b"\x81\x03you")
+    transport.clear()
+    protocol.write(b"\x81\x82abcd")
+    assert transport.value() == b"\x81\x82abcd"
+    assert sink.body == b"\x81\x02hi\x81\x03you"  # no framing: Content-Length means nothing here
+    protocol.close()
+    assert transport.disconnecting
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert sink.done == [(True, "")]
+    assert parked == []  # never reused

@@ -26,6 +26,12 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Configuration file (YAML)."],
         [
+            "config-dir",
+            None,
+            None,
+            "Directory of *.yml/*.yaml configuration files, merged in name order after --config.",
+        ],
+        [
             "listen",
             "l",
             None,
@@ -36,7 +42,13 @@ class Options(usage.Options):
         ["tls-cert-file", None, None, "TLS certificate file (PEM); needs --tls-key-file."],
         ["tls-key-file", None, None, "TLS private key file (PEM); needs --tls-cert-file."],
     ]
-    optFlags = [["watch-config", "w", "Reload the configuration when the file changes."]]
+    optFlags = [
+        [
+            "watch-config",
+            "w",
+            "Reload the configuration when its files change (SIGHUP always reloads it).",
+        ]
+    ]
 
     def opt_version(self):
         """
@@ -60,10 +72,13 @@ class Options(usage.Options):
             path = self[option]
             if path and not os.access(path, os.R_OK):
                 raise usage.UsageError(f"--{option} {path}: cannot read the file")
-        if self["config"] is None and os.path.exists("config.yaml"):
+        directory = self["config-dir"]
+        if directory is not None and not os.path.isdir(directory):
+            raise usage.UsageError(f"--config-dir {directory}: not a directory")
+        if self["config"] is None and directory is None and os.path.exists("config.yaml"):
             self["config"] = "config.yaml"
-        if self["watch-config"] and self["config"] is None:
-            raise usage.UsageError("--watch-config needs a configuration file (-c)")
+        if self["watch-config"] and self["config"] is None and directory is None:
+            raise usage.UsageError("--watch-config needs a configuration file (-c) or --config-dir")
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -79,13 +94,15 @@ class LlamaswapServiceMaker:
 
         notes: tuple[str, ...] = ()
         path = options["config"]
+        directory = options["config-dir"]
         try:
-            if path is None:
+            if path is None and directory is None:
                 config = demo_config()
                 notes = (DEMO_NOTICE,)
             else:
-                path = os.path.abspath(path)
-                config = load_config(path)
+                path = path and os.path.abspath(path)
+                directory = directory and os.path.abspath(directory)
+                config = load_config(path, config_dir=directory)
         except ConfigError as error:
             sys.stderr.write(f"llamaswap: error loading config: {error}\n")
             sys.exit(1)
@@ -93,7 +110,9 @@ class LlamaswapServiceMaker:
             config,
             listen=options["endpoint"],
             config_path=path,
+            config_dir=directory,
             watch_config=options["watch-config"],
+            reload_on_hangup=True,
             startup_notes=notes,
         )
 
