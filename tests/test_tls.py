@@ -137,3 +137,61 @@ def test_twistd_with_tls_flags(certificate, tmp_path):
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=20)
     assert "llamaswap listening on https://127.0.0.1:" in output
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_https_peer(certificate, monkeypatch):
+    """
+    A peer reached over HTTPS, its certificate checked against the trusted
+    roots (here our throw-away one, through OpenSSL's SSL_CERT_FILE).
+    """
+    cert_file, key_file = certificate
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    far_port = free_port()
+    far = LlamaswapService(
+        parse_config(textwrap.dedent(CONFIG)),
+        listen=endpoint_description(f"127.0.0.1:{far_port}", str(cert_file), str(key_file)),
+        reactor=reactor,
+    )
+    near_text = f"""
+        peers:
+          far:
+            proxy: https://127.0.0.1:{far_port}
+            models: [m]
+        """
+    near = LlamaswapService(parse_config(textwrap.dedent(near_text)), listen="tcp:0:interface=127.0.0.1", reactor=reactor)
+    far.startService()
+    near.startService()
+    try:
+        near_port = near.http.port.getHost().port
+        body = json.dumps({"model": "far/m"}).encode()
+        response = yield Agent(reactor).request(
+            b"POST",
+            f"http://127.0.0.1:{near_port}/v1/chat/completions".encode(),
+            None,
+            _bytes_producer(body),
+        )
+        answer = json.loads((yield readBody(response)))
+        assert response.code == 200 and answer["responseMessage"] == "m"
+        # an untrusted certificate is refused, with the peer named
+        monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")
+        near.client.close()  # no pooled connection to reuse
+        response = yield Agent(reactor).request(
+            b"POST",
+            f"http://127.0.0.1:{near_port}/v1/chat/completions".encode(),
+            None,
+            _bytes_producer(body),
+        )
+        text = (yield readBody(response)).decode()
+        assert response.code == 502 and "peer far" in text
+    finally:
+        yield near.stopService()
+        yield far.stopService()
+
+
+def _bytes_producer(body: bytes):
+    import io
+
+    from twisted.web.client import FileBodyProducer
+
+    return FileBodyProducer(io.BytesIO(body))

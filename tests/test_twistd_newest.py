@@ -1,0 +1,248 @@
+"""
+What the newest llama-swap's users do, through C{twistd llamaswap} as they
+run it: a configuration split over C{-c} and C{--config-dir}, reloaded by
+SIGHUP and by the watcher; two llamaswap hosts, one the peer of the other,
+used with the OpenAI SDK; WebSockets on real sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from llamaswap.testing.websocket import FrameReader, accept_key, encode_frame
+from tests.helpers import fake, free_port, free_port_range
+from tests.test_twistd import TWISTD, http, model_server_pids, wait_for_health
+
+
+@pytest.fixture
+def twistd(tmp_path):
+    """
+    Start C{twistd -n llamaswap ...}; its output goes to a file (read with
+    C{output(process)}) so that a chatty run never blocks on a full pipe.
+    """
+    started: list[tuple[subprocess.Popen, object]] = []
+
+    def start(*args: str, env: dict | None = None) -> subprocess.Popen:
+        log = open(tmp_path / f"twistd-{len(started)}.log", "w+")
+        process = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "llamaswap", *args],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        process.log = log
+        started.append((process, log))
+        return process
+
+    yield start
+    for process, log in started:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+def output(process) -> str:
+    process.log.flush()
+    with open(process.log.name) as handle:
+        return handle.read()
+
+
+def eventually(condition, timeout: float = 15, message: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(message or "condition not met in time")
+
+
+def model_ids(port: int) -> list[str]:
+    return [entry["id"] for entry in json.loads(http(f"http://127.0.0.1:{port}/v1/models")[1])["data"]]
+
+
+def chat(port: int, model: str) -> tuple[int, dict | bytes]:
+    status, body = http(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps({"model": model}).encode())
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+def model_yaml(**models: str) -> str:
+    lines = ["models:"]
+    for model_id, respond in models.items():
+        lines += [f"  {model_id}:", f"    cmd: {fake(respond)}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_config_dir_merged_and_reloaded_by_sighup(twistd, tmp_path):
+    port = free_port()
+    main = tmp_path / "config.yaml"
+    main.write_text(f"startPort: {free_port_range(6)}\n" + model_yaml(first="first"))
+    directory = tmp_path / "conf.d"
+    directory.mkdir()
+    (directory / "10-second.yaml").write_text(model_yaml(second="second"))
+    process = twistd("-c", str(main), "--config-dir", str(directory), "--listen", f"127.0.0.1:{port}")
+    wait_for_health(port)
+    assert model_ids(port) == ["first", "second"]
+    assert chat(port, "first")[1]["responseMessage"] == "first"
+    first_pid = model_server_pids(process.pid)
+
+    (directory / "20-third.yml").write_text(model_yaml(third="third"))
+    process.send_signal(signal.SIGHUP)
+    eventually(lambda: "third" in model_ids(port), message=output(process))
+    assert model_server_pids(process.pid) == first_pid  # 'first' did not change: it kept running
+    assert chat(port, "third")[1]["responseMessage"] == "third"
+
+    # a broken file: reported with its name, and the last good configuration stays
+    broken = directory / "30-broken.yaml"
+    broken.write_text(model_yaml(first="again"))
+    process.send_signal(signal.SIGHUP)
+    eventually(lambda: "configuration not reloaded" in output(process), message=output(process))
+    log = output(process)
+    assert f"model 'first' is defined in both {main} and {broken}" in log
+    assert model_ids(port) == ["first", "second", "third"]
+    assert chat(port, "second")[0] == 200
+
+
+def test_watch_config_follows_the_directory(twistd, tmp_path):
+    port = free_port()
+    directory = tmp_path / "conf.d"
+    directory.mkdir()
+    (directory / "a.yaml").write_text(f"startPort: {free_port_range(4)}\n" + model_yaml(a="a"))
+    process = twistd("--config-dir", str(directory), "--watch-config", "--listen", f"127.0.0.1:{port}")
+    wait_for_health(port)
+    assert model_ids(port) == ["a"]
+    (directory / "b.yaml").write_text(model_yaml(b="b"))
+    eventually(lambda: model_ids(port) == ["a", "b"], message=output(process))
+    (directory / "b.yaml").unlink()
+    eventually(lambda: model_ids(port) == ["a"], message=output(process))
+
+
+def test_config_dir_errors_at_start(twistd, tmp_path):
+    process = twistd("--config-dir", str(tmp_path / "missing"))
+    process.wait(30)
+    assert process.returncode != 0
+    assert "--config-dir" in output(process) and "not a directory" in output(process)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "env.yaml").write_text("models:\n  m:\n    cmd: srv --port ${PORT} --key ${env.LLAMASWAP_TEST_UNSET}\n")
+    process = twistd("--config-dir", str(empty))
+    process.wait(30)
+    assert process.returncode != 0
+    text = output(process)
+    assert f"{empty / 'env.yaml'}: line 3 (models.m.cmd): environment variable 'LLAMASWAP_TEST_UNSET' is not set" in text
+    assert "Traceback" not in text
+
+
+@pytest.fixture
+def peers(twistd, tmp_path):
+    """
+    Two llamaswap hosts: 'far' with its own models, 'near' with a model of
+    its own and 'far' as a peer (with a key).
+    """
+    far_port, near_port = free_port(), free_port()
+    far = tmp_path / "far.yaml"
+    far.write_text(f"startPort: {free_port_range(4)}\n" + model_yaml(**{"big-model": "big-model", "shared": "far-shared"}))
+    near = tmp_path / "near.yaml"
+    near.write_text(
+        f"startPort: {free_port_range(4)}\n"
+        + model_yaml(small="small")
+        + textwrap.dedent(
+            f"""
+            peers:
+              far:
+                proxy: http://127.0.0.1:{far_port}
+                apiKey: ${{env.FAR_KEY}}
+                models: [big-model, shared]
+            """
+        )
+    )
+    twistd("-c", str(far), "--listen", f"127.0.0.1:{far_port}")
+    twistd("-c", str(near), "--listen", f"127.0.0.1:{near_port}", env={"FAR_KEY": "sk-far-secret"})
+    wait_for_health(far_port)
+    wait_for_health(near_port)
+    return near_port, far_port
+
+
+def test_a_peers_models_through_the_openai_sdk(peers):
+    openai = pytest.importorskip("openai")
+    near_port, _ = peers
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{near_port}/v1", api_key="client-key")
+    listed = {model.id for model in client.models.list()}
+    assert listed == {"small", "far/big-model", "far/shared"}
+    answer = client.chat.completions.create(model="big-model", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content.startswith("big-model")
+    chunks = client.chat.completions.create(
+        model="far/shared", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text.startswith("far-shared")
+    local = client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}])
+    assert local.choices[0].message.content.startswith("small")
+
+
+def test_the_peers_key_replaces_the_clients(peers):
+    near_port, _ = peers
+    request_headers = {"Authorization": "Bearer client-key", "x-api-key": "client-key"}
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{near_port}/upstream/far/big-model/echo", headers=request_headers
+    )
+    with urllib.request.urlopen(request, timeout=20) as response:
+        echoed = json.loads(response.read())
+    headers = {name.lower(): value for name, value in echoed["headers"].items()}
+    assert headers["authorization"] == ["Bearer sk-far-secret"]
+    assert headers["x-api-key"] == ["sk-far-secret"]
+
+
+def test_an_unreachable_peer_is_a_502_naming_it(twistd, tmp_path):
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"peers:\n  away:\n    proxy: http://127.0.0.1:{free_port()}\n    models: [ghost]\n")
+    twistd("-c", str(config), "--listen", f"127.0.0.1:{port}")
+    wait_for_health(port)
+    status, body = chat(port, "ghost")
+    assert status == 502 and b"peer away" in body
+
+
+def test_websocket_on_real_sockets(twistd, tmp_path):
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"startPort: {free_port_range(2)}\n" + model_yaml(comfyui_auto="comfy"))
+    twistd("-c", str(config), "--listen", f"127.0.0.1:{port}")
+    wait_for_health(port)
+    assert http(f"http://127.0.0.1:{port}/comfyui/")[0] == 200  # the front page starts it
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as connection:
+        key = b"dGhlIHNhbXBsZSBub25jZQ=="
+        connection.sendall(
+            b"GET /comfyui/ws?clientId=7 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += connection.recv(4096)
+        head, rest = received.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"Sec-WebSocket-Accept: " + accept_key(key) in head
+        reader = FrameReader()
+        frames = reader.feed(rest)
+        payload = b"y" * 200_000  # a large frame, in many TCP segments
+        connection.sendall(encode_frame(payload, masked=True))
+        while not frames:
+            frames += reader.feed(connection.recv(65536))
+        assert frames[0] == (1, b"comfy: " + payload)
