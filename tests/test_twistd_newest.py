@@ -14,12 +14,13 @@ import socket
 import subprocess
 import textwrap
 import time
+import urllib.request
 
 import pytest
 
 from llamaswap.testing.websocket import FrameReader, accept_key, encode_frame
 from tests.helpers import fake, free_port, free_port_range
-from tests.test_twistd import TWISTD, http, model_server_pids, wait_for_health
+from tests.test_twistd import TWISTD, http, model_server_pids
 
 
 @pytest.fixture
@@ -60,6 +61,23 @@ def output(process) -> str:
         return handle.read()
 
 
+def wait_ready(port: int, process, timeout: float = 20) -> None:
+    """
+    /health answers; if twistd exits first, fail with what it printed.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"twistd exited with {process.returncode}: {output(process)}")
+        try:
+            if http(f"http://127.0.0.1:{port}/health", timeout=1) == (200, b"OK"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"llamaswap did not answer /health: {output(process)}")
+
+
 def eventually(condition, timeout: float = 15, message: str = "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -96,7 +114,7 @@ def test_config_dir_merged_and_reloaded_by_sighup(twistd, tmp_path):
     directory.mkdir()
     (directory / "10-second.yaml").write_text(model_yaml(second="second"))
     process = twistd("-c", str(main), "--config-dir", str(directory), "--listen", f"127.0.0.1:{port}")
-    wait_for_health(port)
+    wait_ready(port, process)
     assert model_ids(port) == ["first", "second"]
     assert chat(port, "first")[1]["responseMessage"] == "first"
     first_pid = model_server_pids(process.pid)
@@ -124,7 +142,7 @@ def test_watch_config_follows_the_directory(twistd, tmp_path):
     directory.mkdir()
     (directory / "a.yaml").write_text(f"startPort: {free_port_range(4)}\n" + model_yaml(a="a"))
     process = twistd("--config-dir", str(directory), "--watch-config", "--listen", f"127.0.0.1:{port}")
-    wait_for_health(port)
+    wait_ready(port, process)
     assert model_ids(port) == ["a"]
     (directory / "b.yaml").write_text(model_yaml(b="b"))
     eventually(lambda: model_ids(port) == ["a", "b"], message=output(process))
@@ -171,10 +189,10 @@ def peers(twistd, tmp_path):
             """
         )
     )
-    twistd("-c", str(far), "--listen", f"127.0.0.1:{far_port}")
-    twistd("-c", str(near), "--listen", f"127.0.0.1:{near_port}", env={"FAR_KEY": "sk-far-secret"})
-    wait_for_health(far_port)
-    wait_for_health(near_port)
+    far_process = twistd("-c", str(far), "--listen", f"127.0.0.1:{far_port}")
+    near_process = twistd("-c", str(near), "--listen", f"127.0.0.1:{near_port}", env={"FAR_KEY": "sk-far-secret"})
+    wait_ready(far_port, far_process)
+    wait_ready(near_port, near_process)
     return near_port, far_port
 
 
@@ -214,8 +232,8 @@ def test_an_unreachable_peer_is_a_502_naming_it(twistd, tmp_path):
     port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(f"peers:\n  away:\n    proxy: http://127.0.0.1:{free_port()}\n    models: [ghost]\n")
-    twistd("-c", str(config), "--listen", f"127.0.0.1:{port}")
-    wait_for_health(port)
+    process = twistd("-c", str(config), "--listen", f"127.0.0.1:{port}")
+    wait_ready(port, process)
     status, body = chat(port, "ghost")
     assert status == 502 and b"peer away" in body
 
@@ -224,8 +242,8 @@ def test_websocket_on_real_sockets(twistd, tmp_path):
     port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(f"startPort: {free_port_range(2)}\n" + model_yaml(comfyui_auto="comfy"))
-    twistd("-c", str(config), "--listen", f"127.0.0.1:{port}")
-    wait_for_health(port)
+    process = twistd("-c", str(config), "--listen", f"127.0.0.1:{port}")
+    wait_ready(port, process)
     assert http(f"http://127.0.0.1:{port}/comfyui/")[0] == 200  # the front page starts it
     with socket.create_connection(("127.0.0.1", port), timeout=20) as connection:
         key = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -246,3 +264,29 @@ def test_websocket_on_real_sockets(twistd, tmp_path):
         while not frames:
             frames += reader.feed(connection.recv(65536))
         assert frames[0] == (1, b"comfy: " + payload)
+
+
+def test_the_newest_example_configuration_through_twistd(twistd, tmp_path):
+    from tests.config.test_newest_example import ENVIRON, companion_text, example_text
+
+    port = free_port()
+    (tmp_path / "config.yaml").write_text(example_text().replace("startPort: 10001", f"startPort: {free_port_range(14)}"))
+    directory = tmp_path / "conf.d"
+    directory.mkdir()
+    (directory / "models.yaml").write_text(companion_text())
+    process = twistd("-c", "config.yaml", "--config-dir", str(directory), "--listen", f"127.0.0.1:{port}", env=ENVIRON)
+    wait_ready(port, process, timeout=30)
+    listing = {entry["id"]: entry for entry in json.loads(http(f"http://127.0.0.1:{port}/v1/models")[1])["data"]}
+    assert "openrouter/deepseek/deepseek-v3.2" in listing and "coding-model" in listing
+    status, answer = chat(port, "llama")  # a spillover selector
+    assert status == 200 and answer["responseMessage"] == "docker-llama", output(process)
+    # upstream.ignorePaths: a stopped model is not started for its assets
+    status, body = http(f"http://127.0.0.1:{port}/upstream/modelB/app.js")
+    assert status == 409 and b"path matches upstream.ignorePaths" in body
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/profiles/active", data=b'{"name": "coding"}', method="PUT"
+    )
+    with urllib.request.urlopen(request, timeout=20) as response:
+        assert response.status == 200
+    status, body = chat(port, "image-gen")
+    assert status == 404

@@ -743,13 +743,18 @@ def _build_groups(data: dict, where: str, models, aliases, warnings: list[str]) 
         fields = Fields(value, f"group '{group_id}'", GROUP_KEYS, warnings)
         members = fields.text_list("members")
         seen: set[str] = set()
+        known = []
         for member in members:
             if member in seen:
                 raise _error(f"duplicate model member {member} found in group: {group_id}", f"{where}.{group_id}")
             seen.add(member)
             if member not in models:
-                hint = f" (it is an alias of '{aliases[member]}')" if member in aliases else ""
-                raise _error(f"group '{group_id}': member '{member}' is not a model id{hint}", f"{where}.{group_id}")
+                # The newest llama-swap accepts such members (and they
+                # change nothing); a warning points out the likely typo.
+                hint = f" (it is an alias of '{aliases[member]}': list the model id)" if member in aliases else ""
+                warnings.append(f"group '{group_id}': member '{member}' is not a model id, ignored{hint}")
+                continue
+            known.append(member)
             if member in owner:
                 raise _error(
                     f"model member {member} is used in multiple groups: {owner[member]} and {group_id}",
@@ -758,7 +763,7 @@ def _build_groups(data: dict, where: str, models, aliases, warnings: list[str]) 
             owner[member] = group_id
         groups[group_id] = GroupConfig(
             id=group_id,
-            members=tuple(members),
+            members=tuple(known),
             swap=fields.boolean("swap", True),
             exclusive=fields.boolean("exclusive", True),
             persistent=fields.boolean("persistent", False),

@@ -539,7 +539,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--crash-after", type=float, default=None, help="exit after this many seconds")
     parser.add_argument("--exit-code", type=int, default=1, help="exit code for --crash-after")
     parser.add_argument("--silent", action="store_true")
-    return parser.parse_args(argv)
+    # Flags meant for a real server (--model, --ctx-size...) are ignored, so
+    # that the fake can stand in for it in a real configuration.
+    options, _ = parser.parse_known_args(argv)
+    return options
 
 
 class FakeServer:

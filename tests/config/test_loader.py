@@ -843,16 +843,20 @@ def test_group_member_listed_twice():
     assert message == "duplicate model member model2 found in group: group1"
 
 
-def test_group_member_must_exist():
-    message = error_of(
+def test_group_members_that_are_not_models_are_ignored_with_a_warning():
+    # the newest llama-swap accepts them; the warning points out the typo
+    config = parse(
         """
         models:
           model1: {cmd: "a", proxy: "http://localhost:8081", aliases: [one]}
         groups:
-          group1: {members: ["one"]}
+          group1: {members: ["one", "model1"]}
         """
     )
-    assert message == "group 'group1': member 'one' is not a model id (it is an alias of 'model1')"
+    assert config.groups["group1"].members == ("model1",)
+    assert "group 'group1': member 'one' is not a model id, ignored (it is an alias of 'model1': list the model id)" in (
+        config.warnings
+    )
 
 
 def test_default_group_name_is_reserved():
