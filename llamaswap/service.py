@@ -79,7 +79,7 @@ class LlamaswapService(MultiService):
         self._startup_notes = startup_notes
         self.bus = EventBus()
         self.bus.setServiceParent(self)
-        self.logs = Logs(self.bus, config.log_level, config.log_time_format)
+        self.logs = Logs(self.bus, config.log_level, config.log_time_format, config.log_to_stdout)
         self.metrics = MetricsStore(self.bus, config.metrics_max_in_memory)
         self.client = UpstreamClient(reactor, endpoints)
         self.probe_client: UpstreamClient | None = None
@@ -178,6 +178,7 @@ class LlamaswapService(MultiService):
         self.selectors.reconfigure(config)
         self.profiles.reconfigure(config)
         self.logs.proxy.configure(config.log_level, config.log_time_format)
+        self.logs.send_to_stdout(config.log_to_stdout)
         self.metrics.resize(config.metrics_max_in_memory)
         kept = len(config.models) - len(added) - len(changed)
         self.logs.proxy.info(

@@ -59,7 +59,8 @@ def stream_logs(request: Request, logs: Logs, bus: EventBus, name: str, history:
     request.write(b"")  # send the headers now, even before any log line
 
     def on_log(event: LogData) -> None:
-        if event.source in sources:
+        # the combined log has the sources logToStdout sends to it
+        if event.source in sources and (name or logs.in_combined(event.source)):
             stream.send(event.data)
 
     return _follow(stream, bus, on_log, LogData)

@@ -3,9 +3,11 @@ Log monitors: what C{/logs}, C{/logs/stream} and the UI show.
 
 There are two sources -- C{proxy} (llamaswap's own messages) and
 C{upstream} (everything the model servers print) -- plus their combination.
-Each keeps a bounded history of its most recent output, publishes every new
-piece on the event bus as L{LogData}, and copies its lines to Twisted's log
-(stdout with C{twistd -n}, the log file when daemonised).
+Each keeps a bounded history of its most recent output and publishes every
+new piece on the event bus as L{LogData}.  C{logToStdout} chooses which
+sources also go to the combined log and to Twisted's log (stdout with
+C{twistd -n}, the log file when daemonised): C{proxy} (the default),
+C{upstream}, C{both} or C{none}.
 """
 
 from __future__ import annotations
@@ -70,7 +72,15 @@ class LogMonitor:
         self.bus = bus
         self.parent = parent
         self._history = History(history_bytes)
-        self._log = Logger(namespace=source) if echo else None
+        self._logger = Logger(namespace=source)
+        self._log = self._logger if echo else None
+
+    def echo(self, enabled: bool, parent: LogMonitor | None) -> None:
+        """
+        Whether lines also go to Twisted's log, and to which combined log.
+        """
+        self._log = self._logger if enabled else None
+        self.parent = parent
 
     def write(self, data: bytes, level: str = "info", lines: list[str] | None = None) -> None:
         """
@@ -141,16 +151,33 @@ class ProxyLog:
         self.log("error", message)
 
 
+STDOUT_CHOICES = {"proxy": ("proxy",), "upstream": ("upstream",), "both": ("proxy", "upstream"), "none": ()}
+
+
 class Logs:
     """
     The three monitors of one running service.
     """
 
-    def __init__(self, bus: EventBus | None, level: str = "info", time_format: str = ""):
+    def __init__(self, bus: EventBus | None, level: str = "info", time_format: str = "", to_stdout: str = "proxy"):
         self.combined = LogMonitor("all", None, echo=False)
         self.proxy_monitor = LogMonitor("proxy", bus, parent=self.combined)
         self.upstream = LogMonitor("upstream", bus, parent=self.combined)
         self.proxy = ProxyLog(self.proxy_monitor, level, time_format)
+        self.send_to_stdout(to_stdout)
+
+    def send_to_stdout(self, choice: str) -> None:
+        """
+        C{logToStdout}: the sources that reach stdout and the combined log
+        (each keeps its own history and live stream whatever the choice).
+        """
+        chosen = STDOUT_CHOICES.get(choice, STDOUT_CHOICES["proxy"])
+        for name, monitor in (("proxy", self.proxy_monitor), ("upstream", self.upstream)):
+            monitor.echo(name in chosen, self.combined if name in chosen else None)
+
+    def in_combined(self, source: str) -> bool:
+        monitor = self.monitor(source)
+        return monitor is not None and monitor.parent is self.combined
 
     def monitor(self, name: str) -> LogMonitor | None:
         """

@@ -925,7 +925,8 @@ def test_example_config_is_valid():
 
     example = pathlib.Path(__file__).resolve().parents[2] / "config.example.yaml"
     config = load_config(str(example))
-    assert config.models
+    assert config.models and config.peers and config.selectors and config.profiles
+    assert config.warnings == ()  # every setting in it is one llamaswap knows
 
 
 # ---------------------------------------------------------------- reload comparison

@@ -36,7 +36,7 @@ def test_monitor_publishes_and_feeds_the_combined_log():
     bus = EventBus()
     seen = []
     bus.subscribe(seen.append, LogData)
-    logs = Logs(bus)
+    logs = Logs(bus, to_stdout="both")
     logs.upstream.write(b"from the server\n")
     logs.proxy.info("from llamaswap")
     assert seen == [LogData("upstream", b"from the server\n"), LogData("proxy", b"[INFO] from llamaswap\n")]
@@ -123,10 +123,49 @@ def open_stream(server, path):
 
 
 CONFIG = f"""
+logToStdout: both
 models:
   m:
     cmd: {fake("m")}
 """
+
+
+@pytest.mark.parametrize(
+    "choice, echoed",
+    [("proxy", {"proxy"}), ("upstream", {"upstream"}), ("both", {"proxy", "upstream"}), ("none", set())],
+)
+def test_log_to_stdout_chooses_what_reaches_stdout_and_the_combined_log(choice, echoed):
+    from twisted.logger import globalLogPublisher
+
+    bus = EventBus()
+    seen = []
+    bus.subscribe(seen.append, LogData)
+    printed = []
+
+    def observer(event):
+        if event.get("log_namespace") in ("proxy", "upstream"):
+            printed.append(event["log_namespace"])
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        logs = Logs(bus, to_stdout=choice)
+        logs.upstream.write(b"server line\n")
+        logs.proxy.info("proxy line")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert set(printed) == echoed
+    combined = logs.combined.history()
+    assert (b"server line" in combined, b"proxy line" in combined) == ("upstream" in echoed, "proxy" in echoed)
+    # every source keeps its own history and live events whatever the choice
+    assert logs.upstream.history() == b"server line\n" and len(seen) == 2
+
+
+def test_log_to_stdout_changes_with_a_reload():
+    logs = Logs(None)
+    logs.upstream.write(b"hidden\n")
+    logs.send_to_stdout("both")
+    logs.upstream.write(b"shown\n")
+    assert logs.combined.history() == b"shown\n"
 
 
 def test_logs_history_and_browser_redirect(memory):
