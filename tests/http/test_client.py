@@ -85,3 +85,90 @@ def test_cancelling_an_exchange_aborts_its_connection():
     deferred.addErrback(lambda failure: None)
     deferred.cancel()
     assert endpoints.connections[0].transport.disconnecting or endpoints.connections[0].transport.disconnected
+
+
+class Receiver:
+    def __init__(self):
+        self.heads, self.failures = [], []
+
+    def head_received(self, connection, head):
+        self.heads.append((connection, head))
+
+    def request_failed(self, failure):
+        self.failures.append(failure)
+
+
+class RecordingEndpoints(FakeEndpoints):
+    """
+    Also remembers the scheme and connect timeout each endpoint was made
+    with, and gives transports that can switch TCP keepalive.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def endpoint(self, scheme, host, port, timeout=None):
+        self.made.append((scheme, host, port, timeout))
+        endpoints = self
+
+        class KeepaliveTransport(StringTransport):
+            keepalive = False
+
+            def setTcpKeepAlive(self, enabled):
+                self.keepalive = enabled
+
+        class Endpoint:
+            def connect(self, factory):
+                from twisted.internet.defer import succeed
+
+                protocol = factory.buildProtocol(None)
+                protocol.makeConnection(KeepaliveTransport())
+                endpoints.connections.append(protocol)
+                return succeed(protocol)
+
+        return Endpoint()
+
+
+def test_a_models_timeouts_shape_its_connections():
+    from llamaswap.config.records import Timeouts
+    from llamaswap.http.client import ConnectionOptions
+
+    clock = Clock()
+    endpoints = RecordingEndpoints()
+    client = UpstreamClient(clock, endpoints)
+    options = ConnectionOptions.from_timeouts(Timeouts(connect=4, keepalive=30, idle_conn=0.5))
+    receiver = Receiver()
+    client.request(b"GET", "http://127.0.0.1:9", b"/", Headers(), None, receiver, options=options)
+    assert endpoints.made == [("http", "127.0.0.1", 9, 4)]  # the connect timeout
+    connection = endpoints.connections[0]
+    assert connection.transport.keepalive is True
+    feed(connection, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    receiver.heads[0][0].read_body(Sink())
+    clock.advance(0.6)  # idleConn, when shorter than the pool's own limit
+    assert connection.transport.disconnecting
+    # keepalive 0 turns it off
+    off = ConnectionOptions.from_timeouts(Timeouts(keepalive=0))
+    client.request(b"GET", "http://127.0.0.1:10", b"/", Headers(), None, Receiver(), options=off)
+    assert endpoints.connections[1].transport.keepalive is False
+    # a long idleConn is capped by the pool's limit
+    assert ConnectionOptions.from_timeouts(Timeouts(idle_conn=90)).idle_limit == IDLE_CONNECTION_SECONDS
+
+
+def test_a_tls_handshake_that_does_not_finish_in_time_fails_the_request():
+    from llamaswap.protocols.client import UpstreamConnection
+
+    clock = Clock()
+    connection = UpstreamConnection(None, clock, tls_handshake=3)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    failures = []
+    connection.send(b"GET", b"/", b"h", Headers()).addErrback(failures.append)
+    clock.advance(3)
+    assert "TLS handshake not done within 3s" in failures[0].getErrorMessage()
+    assert transport.disconnecting  # aborted
+    # in time: nothing happens
+    connection = UpstreamConnection(None, clock, tls_handshake=3)
+    connection.makeConnection(StringTransport())
+    connection.handshakeCompleted()
+    assert clock.getDelayedCalls() == []
