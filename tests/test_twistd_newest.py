@@ -290,3 +290,64 @@ def test_the_newest_example_configuration_through_twistd(twistd, tmp_path):
         assert response.status == 200
     status, body = chat(port, "image-gen")
     assert status == 404
+
+
+def test_routing_filters_capabilities_and_timeouts_through_twistd(twistd, tmp_path):
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"startPort: {free_port_range(4)}\n"
+        + "globalTTL: 2\n"
+        + textwrap.dedent(
+            f"""
+            models:
+              a:
+                cmd: {fake("a")}
+                filters:
+                  setParams: {{seed: 42}}
+                capabilities: {{in: [text, image], out: [text], tools: true}}
+              b:
+                cmd: {fake("b")}
+                ttl: 0
+                timeouts: {{responseHeader: 1}}
+              c:
+                cmd: {fake("c")}
+                ttl: 0
+            routing:
+              router:
+                use: matrix
+                settings:
+                  matrix:
+                    sets:
+                      pair: "a & b"
+              scheduler:
+                use: fifo
+                settings: {{fifo: {{priority: {{c: 5}}}}}}
+            """
+        )
+    )
+    process = twistd("-c", str(config), "--listen", f"127.0.0.1:{port}")
+    wait_ready(port, process)
+
+    def running() -> set[str]:
+        return {entry["model"] for entry in json.loads(http(f"http://127.0.0.1:{port}/running")[1])["running"]}
+
+    status, answer = chat(port, "a")
+    assert status == 200 and json.loads(answer["request_body"])["seed"] == 42  # setParams
+    assert chat(port, "b")[0] == 200
+    assert running() == {"a", "b"}  # the matrix lets them run together
+    assert chat(port, "c")[0] == 200
+    assert running() == {"c"}  # c is in no set: it runs alone
+    listing = {entry["id"]: entry for entry in json.loads(http(f"http://127.0.0.1:{port}/v1/models")[1])["data"]}
+    assert listing["a"]["architecture"]["modality"] == "text+image->text"
+    assert listing["a"]["capabilities"] == {"vision": True, "function_calling": True}
+    # b answers nothing for 5 s: the client gets a 504 after its 1 s
+    started = time.monotonic()
+    status, body = http(
+        f"http://127.0.0.1:{port}/v1/chat/completions?wait=5", json.dumps({"model": "b"}).encode(), timeout=20
+    )
+    assert status == 504 and b"no response headers within 1s" in body
+    assert time.monotonic() - started < 4
+    # globalTTL: a (no ttl of its own) is unloaded after 2 idle seconds; b (ttl 0) is not
+    assert chat(port, "a")[0] == 200
+    eventually(lambda: running() == {"b"}, timeout=10, message=output(process))
