@@ -303,12 +303,14 @@ class Routes:
 
     @app.route("/api/metrics", methods=["GET"])
     def api_metrics(self, request):
+        self.gateway.backlog.run()  # what finished before this request, included
         return sized(request, self.metrics.to_json(), b"application/json")
 
     # ------------------------------------------------------------ logs and events
 
     @app.route("/logs", methods=["GET"])
     def logs(self, request):
+        self.gateway.backlog.run()
         if b"text/html" in (request.getHeader(b"accept") or b""):
             request.redirect(b"/ui/")
             return sized(request, b"")
@@ -317,6 +319,7 @@ class Routes:
     @app.route("/logs/stream", methods=["GET"], defaults={"name": ""}, endpoint="logs_stream_all")
     @app.route("/logs/stream/<name>", methods=["GET"], endpoint="logs_stream_one")
     def logs_stream(self, request, name):
+        self.gateway.backlog.run()
         if name not in LOG_SOURCES:
             request.setResponseCode(400)
             return b"invalid logger. Use 'proxy' or 'upstream'"
@@ -326,6 +329,7 @@ class Routes:
 
     @app.route("/api/events", methods=["GET"])
     def api_events(self, request):
+        self.gateway.backlog.run()
         return stream_events(request, self.logs, self.bus, self.metrics, self.models.statuses)
 
     # ------------------------------------------------------------ misc

@@ -187,3 +187,14 @@ def test_usage_is_found_without_parsing_the_whole_answer():
     assert usage_of(body) == {"usage": {"prompt_tokens": 3, "completion_tokens": 4}, "timings": {"predicted_n": 4}}
     assert usage_of(b'{"choices": []}') is None
     assert usage_of(b'not json "usage": {"prompt_tokens": 1}') is None
+
+
+def test_a_finished_request_is_in_the_metrics_asked_for_right_after(memory):
+    server = memory(f"models:\n  m:\n    cmd: {fake('m')}\n")
+    response = server.run(server.post("/v1/chat/completions", json={"model": "m"}))
+    server.run(response.content())
+    # the record is still queued behind the answer (no time has passed)...
+    assert server.service.metrics.all() == []
+    # ...and a reader asking now still sees it
+    records = json.loads(server.fetch("GET", "/api/metrics")[1])
+    assert [record["model"] for record in records] == ["m"]
