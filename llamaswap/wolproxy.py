@@ -23,7 +23,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from llamaswap.http.answers import send_error
+from llamaswap.http.answers import sized
 from llamaswap.http.bodies import spooled_body
 from llamaswap.http.client import UpstreamClient, UpstreamEndpoints
 from llamaswap.http.listen import ListeningService
@@ -235,7 +235,10 @@ class WakeOnLanResource(Resource):
             if request.gone:
                 return
             log.info("timed out waiting for the upstream: {path}", path=path)
-            send_error(request, 408, "timeout")
+            # plain text, as the Go wol-proxy answers
+            request.setResponseCode(408)
+            request.write(sized(request, b"timeout", b"text/plain; charset=utf-8"))
+            request.finish()
 
         waiting.addCallbacks(ready, gave_up)
         return server.NOT_DONE_YET

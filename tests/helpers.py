@@ -250,3 +250,12 @@ def multipart(fields: dict[str, str], files: dict[str, tuple[str, str, bytes]], 
         )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
+
+
+def error_message(body: bytes) -> str:
+    """
+    The message of llamaswap's JSON error envelope (checking its shape).
+    """
+    document = json.loads(body)
+    assert document["src"] == "llama-swap" and set(document["error"]) == {"message", "type", "param", "code"}
+    return document["error"]["message"]

@@ -108,7 +108,7 @@ def test_reload_keeps_unchanged_models_and_their_streams(watched):
     yield wait_until(lambda: "added" not in server.service.config.models, timeout=5)
     yield server.wait_for_state("edit", "ready")
     response = yield server.chat("added")
-    assert response.code == 400
+    assert response.code == 404
 
     yield stream.done
     events = [line for line in stream.data.decode().split("\n") if line.startswith("data: {")]

@@ -139,6 +139,55 @@ def test_openai_sdk_completions_embeddings_and_transcription(llamaswap, openai_c
     assert [model.id for model in models.data] == ["m", "other"]
 
 
+ERRORS_CONFIG = f"""
+models:
+  m:
+    cmd: {fake("m")}
+    concurrencyLimit: 1
+  broken:
+    cmd: {fake("broken", "--crash-after", "0")}
+"""
+
+
+@pytest_twisted.inlineCallbacks
+def test_openai_sdk_raises_the_right_exceptions_with_our_messages(llamaswap, openai_client):
+    import openai
+
+    server = llamaswap(ERRORS_CONFIG)
+    client = openai_client(server)
+
+    def failure_of(**request):
+        try:
+            client.chat.completions.create(messages=[{"role": "user", "content": "hi"}], **request)
+        except openai.APIStatusError as error:
+            return error
+        raise AssertionError("no error")
+
+    error = yield deferToThread(failure_of, model="no-such-model")
+    assert isinstance(error, openai.NotFoundError) and error.status_code == 404
+    # the SDK found our message where OpenAI puts it
+    assert error.message == "Error code: 404 - could not find real modelID for no-such-model"
+    assert error.body["message"] == "could not find real modelID for no-such-model"
+    assert error.code == "not_found" and error.type == "invalid_request_error"
+    error = yield deferToThread(failure_of, model="")
+    assert isinstance(error, openai.BadRequestError)
+    assert error.body["message"] == "missing or invalid 'model' key"
+    error = yield deferToThread(failure_of, model="broken")
+    assert error.status_code == 502 and error.body["message"].startswith("unable to start process")
+    # one slow request takes m's only place: the next is refused at once
+    slow = treq.post(server.url + "/v1/chat/completions?wait=2", json={"model": "m"})
+    yield sleep(0.5)
+    error = yield deferToThread(failure_of, model="m")
+    assert isinstance(error, openai.RateLimitError)
+    assert error.body["message"] == "Too many requests" and error.code == "concurrency_limit"
+    yield (yield slow).content()
+    # while llamaswap stops, a request gets 503
+    server.service.manager.scheduler.close()
+    error = yield deferToThread(failure_of, model="m")
+    assert isinstance(error, openai.InternalServerError) and error.status_code == 503
+    assert error.body["message"] == "llamaswap is shutting down"
+
+
 @pytest_twisted.inlineCallbacks
 def test_constant_memory_while_streaming_a_50mb_sse_response(llamaswap):
     server = llamaswap(CONFIG)

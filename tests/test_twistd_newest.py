@@ -235,7 +235,7 @@ def test_an_unreachable_peer_is_a_502_naming_it(twistd, tmp_path):
     process = twistd("-c", str(config), "--listen", f"127.0.0.1:{port}")
     wait_ready(port, process)
     status, body = chat(port, "ghost")
-    assert status == 502 and b"peer away" in body
+    assert status == 502 and body["error"]["message"] == "error proxying request to peer away: connection refused"
 
 
 def test_websocket_on_real_sockets(twistd, tmp_path):

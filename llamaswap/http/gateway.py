@@ -89,7 +89,8 @@ class Gateway:
                 return self._relay(request, model_id, lease, body, path, headers_sent=False, upgrade=upgrade)
             waiting = self.models.use(model_id)
         except TooManyRequests:
-            return error_response(request, 429, "Too many requests")
+            request.setHeader(b"retry-after", b"1")
+            return error_response(request, 429, "Too many requests", "concurrency_limit")
         except ShuttingDown as error:
             return error_response(request, 503, str(error))
         stream = None

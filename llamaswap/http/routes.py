@@ -110,7 +110,7 @@ class Routes:
         try:
             return self.names.resolve(requested)
         except UnknownModel as error:
-            return error_response(request, 404 if error.disabled else 400, str(error))
+            return error_response(request, 404, str(error))
         except NoTargetNow as error:
             return error_response(request, 503, str(error))
 
@@ -321,8 +321,7 @@ class Routes:
     def logs_stream(self, request, name):
         self.gateway.backlog.run()
         if name not in LOG_SOURCES:
-            request.setResponseCode(400)
-            return b"invalid logger. Use 'proxy' or 'upstream'"
+            return error_response(request, 400, "invalid logger. Use 'proxy' or 'upstream'")
         query = request.uri.partition(b"?")[2]
         history = b"no-history" not in {part.partition(b"=")[0] for part in query.split(b"&")}
         return stream_logs(request, self.logs, self.bus, name, history)

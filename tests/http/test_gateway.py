@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from tests.helpers import fake
+from tests.helpers import error_message, fake
 
 CONFIG = f"""
 models:
@@ -28,7 +28,13 @@ def test_a_request_waiting_for_its_model_gets_503_when_llamaswap_stops(memory):
     response = server.run(waiting)
     assert response.code == 503
     assert json.loads(server.run(response.content())) == {
-        "error": "llamaswap is shutting down: health check interrupted due to shutdown"
+        "src": "llama-swap",
+        "error": {
+            "message": "llamaswap is shutting down: health check interrupted due to shutdown",
+            "type": "server_error",
+            "param": None,
+            "code": "service_unavailable",
+        },
     }
     server.run(stopping)
 
@@ -37,7 +43,7 @@ def test_a_request_arriving_while_llamaswap_stops_gets_503(memory):
     server = memory(CONFIG)
     server.service.manager.scheduler.close()  # what stopping the service does first
     response, body = server.chat("slow")
-    assert (response.code, body) == (503, b"llamaswap is shutting down")
+    assert (response.code, error_message(body)) == (503, "llamaswap is shutting down")
 
 
 def test_a_loading_stream_is_told_when_llamaswap_stops(memory):

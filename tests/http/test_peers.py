@@ -125,7 +125,7 @@ def test_an_unreachable_peer_is_a_502_naming_it(pair):
 def test_a_peer_that_does_not_have_the_model_answers_for_itself(pair):
     near, _ = pair
     response, body = near.chat("far/missing-on-far")
-    assert response.code == 400  # the far llamaswap's own answer, relayed
+    assert response.code == 404  # the far llamaswap's own answer, relayed
     assert b"missing-on-far" in body
 
 

@@ -5,11 +5,12 @@ model servers in memory (see L{llamaswap.testing.harness}).
 
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
 
-from tests.helpers import fake, multipart
+from tests.helpers import error_message, fake, multipart
 
 BASIC = f"""
 healthCheckTimeout: 15
@@ -72,7 +73,7 @@ def test_small_answers_have_a_content_length(server):
         response, body = server.fetch("GET", path)
         assert response.length == len(body), path  # not chunked
     response, body = server.fetch("POST", "/v1/chat/completions", data=b"garbage")
-    assert response.length == len(b"missing or invalid 'model' key") == len(body)
+    assert response.length == len(body) and error_message(body) == "missing or invalid 'model' key"
 
 
 def test_unknown_paths_and_methods_are_404(server):
@@ -159,36 +160,41 @@ def test_speech_is_relayed_as_audio(server):
 
 
 @pytest.mark.parametrize(
-    "body, message",
+    "body, code, message",
     [
-        (b"not json", "missing or invalid 'model' key"),
-        (b'{"model": ', "missing or invalid 'model' key"),
-        (b"[1, 2]", "missing or invalid 'model' key"),
-        (b'{"messages": []}', "missing or invalid 'model' key"),
-        (b'{"model": 42}', "missing or invalid 'model' key"),
-        (b'{"model": ""}', "missing or invalid 'model' key"),
-        (b"\xff\xfe not utf-8", "missing or invalid 'model' key"),
-        (b'{"model": "nope"}', "could not find real modelID for nope"),
+        (b"not json", 400, "missing or invalid 'model' key"),
+        (b'{"model": ', 400, "missing or invalid 'model' key"),
+        (b"[1, 2]", 400, "missing or invalid 'model' key"),
+        (b'{"messages": []}', 400, "missing or invalid 'model' key"),
+        (b'{"model": 42}', 400, "missing or invalid 'model' key"),
+        (b'{"model": ""}', 400, "missing or invalid 'model' key"),
+        (b"\xff\xfe not utf-8", 400, "missing or invalid 'model' key"),
+        (b'{"model": "nope"}', 404, "could not find real modelID for nope"),
     ],
 )
-def test_bad_requests_as_text_and_as_json(server, body, message):
+def test_bad_requests_as_json_text_and_html(server, body, code, message):
     response, answer = server.fetch("POST", "/v1/chat/completions", data=body)
-    assert response.code == 400
+    assert response.code == code
+    assert response.headers.getRawHeaders("content-type") == ["application/json"]
+    kind, error_code = ("invalid_request_error", "bad_request" if code == 400 else "not_found")
+    assert json.loads(answer) == {
+        "src": "llama-swap",
+        "error": {"message": message, "type": kind, "param": None, "code": error_code},
+    }
+    response, answer = server.fetch("POST", "/v1/chat/completions", data=body, headers={"Accept": "text/plain"})
+    assert response.code == code
     assert response.headers.getRawHeaders("content-type") == ["text/plain; charset=utf-8"]
     assert answer.decode() == message
-    response, answer = server.fetch(
-        "POST", "/v1/chat/completions", data=body, headers={"Accept": "application/json"}
-    )
-    assert response.code == 400
-    assert response.headers.getRawHeaders("content-type") == ["application/json; charset=utf-8"]
-    assert json.loads(answer) == {"error": message}
+    response, answer = server.fetch("POST", "/v1/chat/completions", data=body, headers={"Accept": "text/html"})
+    assert response.headers.getRawHeaders("content-type") == ["text/html; charset=utf-8"]
+    assert html.escape(message).encode() in answer
     assert server.service.manager.running_models() == []
 
 
 def test_upstream_that_cannot_start_is_502_and_retried(server):
     response, body = server.chat("broken")
     assert response.code == 502
-    text = body.decode()
+    text = error_message(body)
     assert text.startswith("unable to start process: ")
     assert "exited with code 4" in text
     assert "crashing on purpose" in text  # the server's own last words
@@ -234,7 +240,9 @@ def test_concurrency_limit_429(server):
     slow = server.post("/v1/chat/completions?wait=1", json={"model": "limited"})
     server.advance(0.1)
     response, body = server.chat("limited")
-    assert (response.code, body) == (429, b"Too many requests")
+    assert (response.code, error_message(body)) == (429, "Too many requests")
+    assert response.headers.getRawHeaders("retry-after") == ["1"]
+    assert json.loads(body)["error"]["code"] == "concurrency_limit"
     assert server.run(slow).code == 200
 
 
@@ -264,7 +272,7 @@ def test_upstream_passthrough(server):
     assert echoed["uri"] == "/echo/a%2Fb?x=1&y=2"
     assert echoed["body_length"] == 7
     response, body = server.fetch("GET", "/upstream/nope/test")
-    assert (response.code, body) == (404, b"model not found")
+    assert (response.code, error_message(body)) == (404, "model not found")
 
 
 def test_upstream_model_ids_with_slashes(memory):
@@ -290,7 +298,7 @@ def test_unload_endpoints(server):
     server.chat("renamed")
     server.chat("limited")
     response, body = server.fetch("POST", "/api/models/unload/nope")
-    assert (response.code, body) == (404, b"Model not found")
+    assert (response.code, error_message(body)) == (404, "Model not found")
     response, body = server.fetch("POST", "/api/models/unload/renamed")
     assert (response.code, body) == (200, b"OK")
     assert server.state("renamed") == "stopped"
@@ -342,32 +350,35 @@ def test_transcription_multipart(server):
 
 
 @pytest.mark.parametrize(
-    "body, content_type, message",
+    "body, content_type, code, message",
     [
         (
             multipart({"language": "en"}, {"file": ("a.wav", "audio/wav", b"abc")})[0],
             multipart({}, {})[1],
+            400,
             "missing or invalid 'model' parameter in form data",
         ),
-        (b"plain", "text/plain", "error parsing multipart form: expected multipart/form-data, got text/plain"),
-        (b"plain", "multipart/form-data", "error parsing multipart form: the multipart boundary is missing"),
+        (b"plain", "text/plain", 400, "error parsing multipart form: expected multipart/form-data, got text/plain"),
+        (b"plain", "multipart/form-data", 400, "error parsing multipart form: the multipart boundary is missing"),
         (
             b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nmodel1",
             "multipart/form-data; boundary=b",
+            400,
             "error parsing multipart form: the multipart body is truncated",
         ),
         (
             multipart({"model": "nope"}, {})[0],
             multipart({}, {})[1],
+            404,
             "could not find real modelID for nope",
         ),
     ],
 )
-def test_transcription_errors(server, body, content_type, message):
+def test_transcription_errors(server, body, content_type, code, message):
     response, answer = server.fetch(
         "POST", "/v1/audio/transcriptions", data=body, headers={"Content-Type": content_type}
     )
-    assert (response.code, answer.decode()) == (400, message)
+    assert (response.code, error_message(answer)) == (code, message)
 
 
 def test_ui_files_and_fallback(server):

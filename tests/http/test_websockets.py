@@ -8,7 +8,7 @@ which case a socket neither starts it nor holds it.
 from __future__ import annotations
 
 from llamaswap.testing.websocket import BINARY, TEXT
-from tests.helpers import fake
+from tests.helpers import error_message, fake
 
 CONFIG = f"""
 models:
@@ -102,7 +102,7 @@ def test_ignored_websockets_do_not_start_a_model(memory):
     socket = server.websocket("/upstream/loose/ws")
     assert socket.status == 409
     server.run(socket.closed)
-    assert socket.body == b"model loose is not loaded; ignored websocket requests cannot start it"
+    assert error_message(socket.body) == "model loose is not loaded; ignored websocket requests cannot start it"
     assert server.state("loose") == "stopped"
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from llamaswap.observe.events import EventBus, LogData
 from llamaswap.observe.logs import History, LogMonitor, Logs, ProxyLog, format_timestamp
-from tests.helpers import fake
+from tests.helpers import error_message, fake
 
 
 def test_history_keeps_the_last_bytes():
@@ -211,7 +211,7 @@ def test_log_streams(memory):
 def test_unknown_log_stream_is_400(memory):
     server = memory(CONFIG)
     response, body = server.fetch("GET", "/logs/stream/bogus")
-    assert (response.code, body) == (400, b"invalid logger. Use 'proxy' or 'upstream'")
+    assert (response.code, error_message(body)) == (400, "invalid logger. Use 'proxy' or 'upstream'")
 
 
 def test_log_stream_ends_on_shutdown(memory):

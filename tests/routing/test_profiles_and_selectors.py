@@ -64,7 +64,7 @@ def test_profiles_api_and_pins(memory):
         ],
     }
     response, body = server.chat("llm-code")
-    assert response.code == 400  # no profile active: not a model
+    assert response.code == 404  # no profile active: not a model
     response, body = server.fetch("PUT", "/api/profiles/active", json={"name": "coding"})
     assert json.loads(body) == {"active": "coding"}
     assert answered_by(server, "llm-code") == "big"
@@ -76,7 +76,7 @@ def test_profiles_api_and_pins(memory):
     server.fetch("PUT", "/api/profiles/active", json={"name": "cheap"})
     assert answered_by(server, "llm-code") == "tiny"  # through the alias
     assert json.loads(server.fetch("PUT", "/api/profiles/active", json={"name": None})[1]) == {"active": None}
-    assert server.chat("llm-code")[0].code == 400
+    assert server.chat("llm-code")[0].code == 404
 
 
 def test_profile_api_errors(memory):
