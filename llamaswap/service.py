@@ -13,6 +13,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python.filepath import FilePath
 
 from llamaswap.config import Config, ConfigError, load_config
+from llamaswap.http.auth import KeyCheck
 from llamaswap.http.client import UpstreamClient, UpstreamEndpoints
 from llamaswap.http.gateway import Gateway
 from llamaswap.http.listen import ListeningService, display_url
@@ -112,7 +113,8 @@ class LlamaswapService(MultiService):
             metrics=self.metrics,
             static_dir=static_directory(),
         )
-        root = RootResource(self.routes.resource(), self.routes.fast_routes())
+        keys = KeyCheck(lambda: self.config.api_keys, self.routes.knows)
+        root = RootResource(self.routes.resource(), self.routes.fast_routes(), refuse=keys.refuse)
         self.site = LlamaswapSite(root, self.logs.proxy, clock=reactor, backlog=self.backlog)
         self.http: ListeningService | None = None
         if listen is not None:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import textwrap
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -91,8 +92,18 @@ def model_ids(port: int) -> list[str]:
     return [entry["id"] for entry in json.loads(http(f"http://127.0.0.1:{port}/v1/models")[1])["data"]]
 
 
-def chat(port: int, model: str) -> tuple[int, dict | bytes]:
-    status, body = http(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps({"model": model}).encode())
+def call(port: int, method: str, path: str, body: bytes | None = None, key: str | None = None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def chat(port: int, model: str, key: str | None = None) -> tuple[int, dict | bytes]:
+    status, body = call(port, "POST", "/v1/chat/completions", json.dumps({"model": model}).encode(), key)
     try:
         return status, json.loads(body)
     except ValueError:
@@ -174,7 +185,10 @@ def peers(twistd, tmp_path):
     """
     far_port, near_port = free_port(), free_port()
     far = tmp_path / "far.yaml"
-    far.write_text(f"startPort: {free_port_range(4)}\n" + model_yaml(**{"big-model": "big-model", "shared": "far-shared"}))
+    far.write_text(
+        f"startPort: {free_port_range(4)}\napiKeys: [sk-far-secret]\n"
+        + model_yaml(**{"big-model": "big-model", "shared": "far-shared"})
+    )
     near = tmp_path / "near.yaml"
     near.write_text(
         f"startPort: {free_port_range(4)}\n"
@@ -198,7 +212,11 @@ def peers(twistd, tmp_path):
 
 def test_a_peers_models_through_the_openai_sdk(peers):
     openai = pytest.importorskip("openai")
-    near_port, _ = peers
+    near_port, far_port = peers
+    # the far host wants its key...
+    status, body = chat(far_port, "big-model")
+    assert status == 401
+    # ...which the near one gives it for its clients
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{near_port}/v1", api_key="client-key")
     listed = {model.id for model in client.models.list()}
     assert listed == {"small", "far/big-model", "far/shared"}
@@ -216,8 +234,6 @@ def test_a_peers_models_through_the_openai_sdk(peers):
 def test_the_peers_key_replaces_the_clients(peers):
     near_port, _ = peers
     request_headers = {"Authorization": "Bearer client-key", "x-api-key": "client-key"}
-    import urllib.request
-
     request = urllib.request.Request(
         f"http://127.0.0.1:{near_port}/upstream/far/big-model/echo", headers=request_headers
     )
@@ -276,19 +292,17 @@ def test_the_newest_example_configuration_through_twistd(twistd, tmp_path):
     (directory / "models.yaml").write_text(companion_text())
     process = twistd("-c", "config.yaml", "--config-dir", str(directory), "--listen", f"127.0.0.1:{port}", env=ENVIRON)
     wait_ready(port, process, timeout=30)
-    listing = {entry["id"]: entry for entry in json.loads(http(f"http://127.0.0.1:{port}/v1/models")[1])["data"]}
+    key = ENVIRON["API_KEY_1"]  # apiKeys takes it from the environment
+    assert call(port, "GET", "/v1/models")[0] == 401
+    listing = {entry["id"]: entry for entry in json.loads(call(port, "GET", "/v1/models", key=key)[1])["data"]}
     assert "openrouter/deepseek/deepseek-v3.2" in listing and "coding-model" in listing
-    status, answer = chat(port, "llama")  # a spillover selector
+    status, answer = chat(port, "llama", key)  # a spillover selector
     assert status == 200 and answer["responseMessage"] == "docker-llama", output(process)
     # upstream.ignorePaths: a stopped model is not started for its assets
-    status, body = http(f"http://127.0.0.1:{port}/upstream/modelB/app.js")
+    status, body = call(port, "GET", "/upstream/modelB/app.js", key=key)
     assert status == 409 and b"path matches upstream.ignorePaths" in body
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/profiles/active", data=b'{"name": "coding"}', method="PUT"
-    )
-    with urllib.request.urlopen(request, timeout=20) as response:
-        assert response.status == 200
-    status, body = chat(port, "image-gen")
+    assert call(port, "PUT", "/api/profiles/active", b'{"name": "coding"}', key)[0] == 200
+    status, body = chat(port, "image-gen", key)
     assert status == 404
 
 

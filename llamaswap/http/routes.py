@@ -78,6 +78,7 @@ class Routes:
         metrics: MetricsStore,
         static_dir: FilePath,
     ):
+        self._fast: dict[tuple[bytes, bytes], Callable] | None = None
         self.models = models
         self.names = names
         self.profiles = profiles
@@ -90,13 +91,34 @@ class Routes:
     def resource(self):
         return self.app.resource()
 
+    def knows(self, request: Request) -> bool:
+        """
+        Whether the request would reach one of the routes (an API key is
+        asked only of those; other paths stay plain 404s).
+        """
+        from werkzeug.exceptions import HTTPException
+        from werkzeug.routing import RequestRedirect
+
+        if (request.method, request.path) in self.fast_routes():
+            return True
+        adapter = self.app.url_map.bind("localhost")
+        try:
+            adapter.match(request.path.decode("utf-8", "replace"), method=request.method.decode("latin-1"))
+        except RequestRedirect:
+            return True
+        except HTTPException:
+            return False
+        return True
+
     def fast_routes(self) -> dict[tuple[bytes, bytes], Callable]:
         """
         The inference endpoints, dispatched without Klein's routing: they
         carry almost all the traffic, and skipping the router is measurably
         cheaper (see benchmarks/README.md).
         """
-        routes = {(b"POST", path.encode()): self.inference for path in INFERENCE_PATHS}
+        if self._fast is not None:
+            return self._fast
+        routes = self._fast = {(b"POST", path.encode()): self.inference for path in INFERENCE_PATHS}
         routes[(b"POST", b"/v1/audio/transcriptions")] = self.transcription
         return routes
 

@@ -210,7 +210,8 @@ class LlamaswapSite(server.Site):
 class RootResource:
     """
     The site's root: answers every OPTIONS request with permissive CORS
-    headers (browsers ask before cross-origin API calls), sends the
+    headers (browsers ask before cross-origin API calls), refuses requests
+    without a valid API key (C{refuse}), sends the
     inference endpoints -- the hot path -- straight to their handlers, and
     everything else to the Klein application.
 
@@ -220,9 +221,15 @@ class RootResource:
 
     isLeaf = True
 
-    def __init__(self, app: Resource, fast_routes: dict[tuple[bytes, bytes], Callable] | None = None):
+    def __init__(
+        self,
+        app: Resource,
+        fast_routes: dict[tuple[bytes, bytes], Callable] | None = None,
+        refuse: Callable[[object], bytes | None] | None = None,
+    ):
         self.app = app
         self.fast_routes = fast_routes or {}
+        self.refuse = refuse
 
     def getChildWithDefault(self, name, request):
         return self
@@ -233,6 +240,10 @@ class RootResource:
     def render(self, request):
         if request.method == b"OPTIONS":
             return self._preflight(request)
+        if self.refuse is not None:
+            refused = self.refuse(request)
+            if refused is not None:
+                return refused
         handler = self.fast_routes.get((request.method, request.path))
         if handler is None:
             return self.app.render(request)

@@ -85,15 +85,21 @@ def test_the_example_behaves(memory, monkeypatch):
     tree = yaml.safe_load(example_text())
     tree["models"].update(yaml.safe_load(companion_text())["models"])
     server = memory(yaml.safe_dump(tree, sort_keys=False))
-    listed = {entry["id"] for entry in json.loads(server.fetch("GET", "/v1/models")[1])["data"]}
+    key = {"Authorization": "Bearer sk-hunter2"}  # the example's apiKeys
+
+    def chat(model: str):
+        return server.fetch("POST", "/v1/chat/completions", json={"model": model}, headers=key)
+
+    assert server.chat("llama")[0].code == 401  # no key
+    listed = {entry["id"] for entry in json.loads(server.fetch("GET", "/v1/models", headers=key)[1])["data"]}
     assert {"gpt-oss-120b", "docker-llama", "coding-model", "llama-swap-peer/model_a", "openrouter/z-ai/glm-4.7"} <= listed
     assert "unlisted-model" not in listed
     # the spillover selector starts its first target
-    response, body = server.chat("llama")
+    response, body = chat("llama")
     assert response.code == 200 and json.loads(body)["responseMessage"] == "docker-llama"
     # models of a swap: false group run together
-    assert server.chat("modelA")[0].code == 200
+    assert chat("modelA")[0].code == 200
     assert server.state("docker-llama") == "ready" and server.state("modelA") == "ready"
     # a profile's null pin is a 404
-    server.fetch("PUT", "/api/profiles/active", json={"name": "coding"})
-    assert server.chat("image-gen")[0].code == 404
+    server.fetch("PUT", "/api/profiles/active", json={"name": "coding"}, headers=key)
+    assert chat("image-gen")[0].code == 404
