@@ -181,6 +181,7 @@ class LlamaswapService(MultiService):
         self.profiles.reconfigure(config)
         self.logs.proxy.configure(config.log_level, config.log_time_format)
         self.logs.send_to_stdout(config.log_to_stdout)
+        self.logs.forget_models(config.models)
         self.metrics.resize(config.metrics_max_in_memory)
         kept = len(config.models) - len(added) - len(changed)
         self.logs.proxy.info(

@@ -139,6 +139,53 @@ def test_openai_sdk_completions_embeddings_and_transcription(llamaswap, openai_c
     assert [model.id for model in models.data] == ["m", "other"]
 
 
+@pytest_twisted.inlineCallbacks
+def test_openai_sdk_responses_and_images(llamaswap, openai_client):
+    server = llamaswap(CONFIG)
+    client = openai_client(server)
+    response = yield deferToThread(client.responses.create, model="m", input="hello")
+    assert response.output_text == "".join(f"m-{index} " for index in range(10))
+    assert response.usage.output_tokens == 10
+
+    def stream():
+        return [event for event in client.responses.create(model="m", input="hello", stream=True)]
+
+    events = yield deferToThread(stream)
+    text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert text == "".join(f"m-{index} " for index in range(10))
+    assert events[-1].type == "response.completed" and events[-1].response.usage.input_tokens > 0
+    images = yield deferToThread(client.images.generate, model="m", prompt="a cat", n=2)
+    assert len(images.data) == 2 and images.data[0].b64_json
+    picture = io.BytesIO(b"\x89PNG fake")
+    picture.name = "cat.png"
+    edited = yield deferToThread(client.images.edit, model="other", image=picture, prompt="add a hat")
+    assert edited.data[0].revised_prompt == "other image 0"
+
+
+@pytest_twisted.inlineCallbacks
+def test_anthropic_sdk_messages_streamed_and_counted(llamaswap):
+    anthropic = pytest.importorskip("anthropic")
+    server = llamaswap(CONFIG)
+    client = anthropic.Anthropic(base_url=server.url, api_key="not-needed", max_retries=0, timeout=30)
+    message = yield deferToThread(
+        client.messages.create, model="m", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert message.content[0].text == "".join(f"m-{index} " for index in range(10))
+    assert message.usage.output_tokens == 10
+
+    def stream():
+        with client.messages.stream(model="other", max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as events:
+            return "".join(events.text_stream), events.get_final_message()
+
+    text, final = yield deferToThread(stream)
+    assert text == "".join(f"other-{index} " for index in range(10))
+    assert final.usage.output_tokens == 10
+    counted = yield deferToThread(
+        client.messages.count_tokens, model="m", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert counted.input_tokens > 0
+
+
 ERRORS_CONFIG = f"""
 models:
   m:

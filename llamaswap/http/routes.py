@@ -38,18 +38,66 @@ from llamaswap.routing.names import Names, NoTargetNow, Resolution, UnknownModel
 from llamaswap.routing.profiles import Profiles, UnknownProfile
 
 TEXT = b"text/plain; charset=utf-8"
+# Endpoints routed by the "model" of a JSON body (POST).
 INFERENCE_PATHS = (
     "/v1/chat/completions",
+    "/v1/responses",
     "/v1/completions",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
     "/v1/embeddings",
     "/v1/audio/speech",
+    "/v1/audio/voices",
+    "/v1/images/generations",
     "/v1/rerank",
     "/v1/reranking",
     "/rerank",
     "/reranking",
     "/infill",
     "/completion",
+    "/sdapi/v1/txt2img",
+    "/sdapi/v1/img2img",
+    "/audioapi/v1/tasks/run",  # audio.cpp's task API: /audioapi is stripped
+    # versionless forms, for clients that add /v1 themselves: /v is stripped
+    "/v/chat/completions",
+    "/v/responses",
+    "/v/completions",
+    "/v/messages",
+    "/v/messages/count_tokens",
+    "/v/embeddings",
+    "/v/rerank",
+    "/v/reranking",
 )
+# Endpoints routed by the "model" field of a multipart form (POST).
+FORM_PATHS = ("/v1/audio/transcriptions", "/v1/images/edits")
+# Endpoints routed by a ?model= query parameter (GET).
+QUERY_PATHS = ("/v1/audio/voices", "/sdapi/v1/loras", "/props")
+STRIPPED_PREFIXES = (b"/v/", b"/audioapi/")
+
+
+def forwarded_target(request: Request) -> bytes | None:
+    """
+    The path and query to ask the model's server for, when it is not the
+    client's own: C{/v/...} and C{/audioapi/...} lose their prefix.
+    """
+    for prefix in STRIPPED_PREFIXES:
+        if request.uri.startswith(prefix):
+            return request.uri[len(prefix) - 1 :]
+    return None
+
+
+def _with_model(request: Request, model: str) -> bytes:
+    """
+    The request's path and query with its C{model} parameter replaced.
+    """
+    from urllib.parse import parse_qsl, urlencode
+
+    path, _, query = request.uri.partition(b"?")
+    pairs = [
+        (key, model if key == "model" else value)
+        for key, value in parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True)
+    ]
+    return path + b"?" + urlencode(pairs).encode("ascii")
 
 
 def _read_body(request: Request) -> bytes:
@@ -119,7 +167,10 @@ class Routes:
         if self._fast is not None:
             return self._fast
         routes = self._fast = {(b"POST", path.encode()): self.inference for path in INFERENCE_PATHS}
-        routes[(b"POST", b"/v1/audio/transcriptions")] = self.transcription
+        for path in FORM_PATHS:
+            routes[(b"POST", path.encode())] = self.form_inference
+        for path in QUERY_PATHS:
+            routes[(b"GET", path.encode())] = self.query_inference
         return routes
 
     @property
@@ -159,6 +210,7 @@ class Routes:
                 request,
                 resolution.model_id,
                 body,
+                path=forwarded_target(request),
                 loading=model.send_loading_state and parsed.stream,
                 on_done=resolution.release if resolution.selector else None,
             )
@@ -170,10 +222,15 @@ class Routes:
             set_params=peer.filters.params_for(resolution.name),
         )
         return self.gateway.forward_to_peer(
-            request, peer, body, metrics_name=f"{peer_id}/{peer_model}", on_done=resolution.release if resolution.selector else None
+            request,
+            peer,
+            body,
+            path=forwarded_target(request),
+            metrics_name=f"{peer_id}/{peer_model}",
+            on_done=resolution.release if resolution.selector else None,
         )
 
-    def transcription(self, request: Request):
+    def form_inference(self, request: Request):
         body = _read_body(request)
         try:
             content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
@@ -197,6 +254,28 @@ class Routes:
             body = replace_value(body, fields, "model", peer_model)
         return self.gateway.forward_to_peer(
             request, self.config.peers[peer_id], body, metrics_name=f"{peer_id}/{peer_model}", on_done=on_done
+        )
+
+    def query_inference(self, request: Request):
+        """
+        A GET whose model is its C{?model=} parameter (voices, LoRAs, props).
+        """
+        values = request.args.get(b"model")
+        requested = values[0].decode("utf-8", "replace") if values else ""
+        if not requested:
+            return error_response(request, 400, "missing or invalid 'model' query parameter")
+        resolution = self._resolve(request, requested)
+        if isinstance(resolution, bytes):
+            return resolution
+        on_done = resolution.release if resolution.selector else None
+        if resolution.model_id is not None:
+            name = self.config.models[resolution.model_id].use_model_name or resolution.name
+            target = _with_model(request, name) if name != requested else None
+            return self.gateway.forward(request, resolution.model_id, None, path=target, on_done=on_done)
+        peer_id, peer_model = resolution.peer
+        target = _with_model(request, peer_model) if peer_model != requested else None
+        return self.gateway.forward_to_peer(
+            request, self.config.peers[peer_id], None, path=target, metrics_name=f"{peer_id}/{peer_model}", on_done=on_done
         )
 
     # ------------------------------------------------------------ upstream
@@ -339,11 +418,15 @@ class Routes:
         return sized(request, self.logs.combined.history(), b"text/plain")
 
     @app.route("/logs/stream", methods=["GET"], defaults={"name": ""}, endpoint="logs_stream_all")
-    @app.route("/logs/stream/<name>", methods=["GET"], endpoint="logs_stream_one")
+    @app.route("/logs/stream/<path:name>", methods=["GET"], endpoint="logs_stream_one")
     def logs_stream(self, request, name):
         self.gateway.backlog.run()
         if name not in LOG_SOURCES:
-            return error_response(request, 400, "invalid logger. Use 'proxy' or 'upstream'")
+            found = find_model_in_path(self.config, "/" + name)
+            model_id = found and self.config.real_model_name(found[0])
+            if not model_id:
+                return error_response(request, 400, "invalid logger. Use 'proxy', 'upstream' or a model's ID")
+            name = model_id
         query = request.uri.partition(b"?")[2]
         history = b"no-history" not in {part.partition(b"=")[0] for part in query.split(b"&")}
         return stream_logs(request, self.logs, self.bus, name, history)

@@ -45,22 +45,33 @@ def _follow(stream: BoundedStream, bus: EventBus, callback: Callable[[Any], None
 
 def stream_logs(request: Request, logs: Logs, bus: EventBus, name: str, history: bool) -> Deferred:
     """
-    Tail the log called C{name} ("" for both), after its history unless
-    C{history} is false.  The caller checked that the name is known.
+    Tail the log called C{name} ("" for the combined one, C{proxy},
+    C{upstream}, or a model id for that model's server), after its history
+    unless C{history} is false.  The caller checked that the name is known.
     """
     _no_buffering(request, b"text/plain")
-    sources = LOG_SOURCES[name]
     stream = BoundedStream(
         request,
         dropped_notice=lambda count: f"[llamaswap: {count} log chunks dropped, the client was too slow]\n".encode(),
     )
+    source = logs.monitor(name) or logs.for_model(name)
     if history:
-        stream.send(logs.monitor(name).history())
+        stream.send(source.history())
     request.write(b"")  # send the headers now, even before any log line
 
+    if name in LOG_SOURCES:
+        sources = LOG_SOURCES[name]
+
+        def wanted(event: LogData) -> bool:
+            # the combined log has the sources logToStdout sends to it
+            return event.source in sources and bool(name or logs.in_combined(event.source))
+    else:
+
+        def wanted(event: LogData) -> bool:
+            return event.model == name
+
     def on_log(event: LogData) -> None:
-        # the combined log has the sources logToStdout sends to it
-        if event.source in sources and (name or logs.in_combined(event.source)):
+        if wanted(event):
             stream.send(event.data)
 
     return _follow(stream, bus, on_log, LogData)

@@ -276,7 +276,7 @@ class ModelProcess:
             f"<{self.id}> starting: {' '.join(argv)}"
             + (f" (env: {', '.join(self.config.env)})" if self.config.env else "")
         )
-        self._protocol = UpstreamProcessProtocol(self._logs.upstream, self._process_ended)
+        self._protocol = UpstreamProcessProtocol(self._logs.for_model(self.id), self._process_ended)
         self._started_at = self._reactor.seconds()
         try:
             self._transport = self._reactor.spawnProcess(
@@ -403,7 +403,7 @@ class ModelProcess:
             if code != 0:
                 self._logs.proxy.warn(f"<{self.id}> stop command {description}")
 
-        protocol = UpstreamProcessProtocol(self._logs.upstream, stop_command_ended)
+        protocol = UpstreamProcessProtocol(self._logs.for_model(self.id), stop_command_ended)
         try:
             self._reactor.spawnProcess(
                 protocol,

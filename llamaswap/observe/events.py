@@ -44,6 +44,7 @@ class ConfigFileChanged:
 class LogData:
     source: str  # "proxy" or "upstream"
     data: bytes
+    model: str = ""  # the model server that printed it (upstream only)
 
 
 @frozen

@@ -82,9 +82,10 @@ class LogMonitor:
         self._log = self._logger if enabled else None
         self.parent = parent
 
-    def write(self, data: bytes, level: str = "info", lines: list[str] | None = None) -> None:
+    def write(self, data: bytes, level: str = "info", lines: list[str] | None = None, model: str = "") -> None:
         """
-        Add C{data}; C{lines} is its text, split, when the caller has it.
+        Add C{data}; C{lines} is its text, split, when the caller has it;
+        C{model} the model server it came from, if any.
         """
         if not data:
             return
@@ -94,7 +95,7 @@ class LogMonitor:
             for line in lines if lines is not None else data.decode("utf-8", "replace").splitlines():
                 self._log.emit(twisted_level, "{line}", line=line)
         if self.bus is not None:
-            self.bus.publish(LogData(self.source, data))
+            self.bus.publish(LogData(self.source, data, model))
         if self.parent is not None:
             self.parent._history.append(data)
 
@@ -151,6 +152,26 @@ class ProxyLog:
         self.log("error", message)
 
 
+class ModelLog:
+    """
+    One model server's output: its own bounded history (for
+    C{/logs/stream/<model>}), and everything also goes to the upstream log.
+    """
+
+    def __init__(self, model_id: str, upstream: LogMonitor):
+        self.model_id = model_id
+        self.upstream = upstream
+        self._history = History()
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._history.append(data)
+            self.upstream.write(data, model=self.model_id)
+
+    def history(self) -> bytes:
+        return self._history.get()
+
+
 STDOUT_CHOICES = {"proxy": ("proxy",), "upstream": ("upstream",), "both": ("proxy", "upstream"), "none": ()}
 
 
@@ -164,7 +185,21 @@ class Logs:
         self.proxy_monitor = LogMonitor("proxy", bus, parent=self.combined)
         self.upstream = LogMonitor("upstream", bus, parent=self.combined)
         self.proxy = ProxyLog(self.proxy_monitor, level, time_format)
+        self.models: dict[str, ModelLog] = {}
         self.send_to_stdout(to_stdout)
+
+    def for_model(self, model_id: str) -> ModelLog:
+        log = self.models.get(model_id)
+        if log is None:
+            log = self.models[model_id] = ModelLog(model_id, self.upstream)
+        return log
+
+    def forget_models(self, keep) -> None:
+        """
+        Drop the histories of models no longer configured.
+        """
+        for model_id in [model_id for model_id in self.models if model_id not in keep]:
+            del self.models[model_id]
 
     def send_to_stdout(self, choice: str) -> None:
         """

@@ -12,7 +12,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from llamaswap.observe.logs import LogMonitor
+from llamaswap.observe.logs import ModelLog
 
 MAX_LINE_BYTES = 16 * 1024
 TAIL_LINES = 20
@@ -40,7 +40,7 @@ class UpstreamProcessProtocol(ProcessProtocol):
     remembers the last few lines to explain a failed start.
     """
 
-    def __init__(self, monitor: LogMonitor, on_exit: Callable[[Failure], None]):
+    def __init__(self, monitor: ModelLog, on_exit: Callable[[Failure], None]):
         self.monitor = monitor
         self.on_exit = on_exit
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)

@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from llamaswap.http.multipart import InvalidForm, boundary_of, form_value, parse_fields
 from llamaswap.http.site import SwitchableChannel
+from llamaswap.testing import endpoints
 from llamaswap.testing.websocket import EchoSocket, accept_key
 
 
@@ -257,6 +258,7 @@ class FakeUpstream(resource.Resource):
 
     def fallback(self, request, body):
         request.setHeader(b"content-type", b"text/plain")
+        request.setHeader(b"x-responder", self.respond.encode())
         return f"{request.method.decode()} {request.path.decode('utf-8', 'replace')}".encode()
 
     def echo(self, request, body):
@@ -517,6 +519,7 @@ class FakeUpstream(resource.Resource):
         ("POST", "/reranking"): rerank,
         ("POST", "/v1/audio/speech"): speech,
         ("POST", "/v1/audio/transcriptions"): transcription,
+        **endpoints.ROUTES,
     }
 
 

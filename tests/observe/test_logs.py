@@ -211,7 +211,7 @@ def test_log_streams(memory):
 def test_unknown_log_stream_is_400(memory):
     server = memory(CONFIG)
     response, body = server.fetch("GET", "/logs/stream/bogus")
-    assert (response.code, error_message(body)) == (400, "invalid logger. Use 'proxy' or 'upstream'")
+    assert (response.code, error_message(body)) == (400, "invalid logger. Use 'proxy', 'upstream' or a model's ID")
 
 
 def test_log_stream_ends_on_shutdown(memory):
@@ -226,3 +226,39 @@ def test_log_stream_ends_on_shutdown(memory):
 
 def test_time_zone_fixture_restores(utc):
     assert os.environ["TZ"] == "UTC"
+
+
+MODELS = f"""
+models:
+  first:
+    cmd: {fake("first")}
+  "org/second":
+    cmd: {fake("second")}
+    aliases: [two]
+groups:
+  both: {{swap: false, members: [first, "org/second"]}}
+"""
+
+
+def test_a_model_servers_own_log_stream(memory):
+    server = memory(MODELS)
+    server.chat("first")
+    first, first_data = open_stream(server, "/logs/stream/first")
+    second, second_data = open_stream(server, "/logs/stream/org/second")  # ids with slashes
+    alias, alias_data = open_stream(server, "/logs/stream/two?no-history")
+    assert first.code == second.code == alias.code == 200
+    server.advance(0.01)
+    assert b"fake upstream first: listening" in first_data.data  # its history
+    assert second_data.data == b""  # not started yet
+    server.chat("org/second")
+    server.advance(0.01)
+    assert b"fake upstream second: listening" in second_data.data
+    assert b"fake upstream second: listening" in alias_data.data
+    assert b"second" not in first_data.data
+
+
+def test_an_unknown_log_stream_is_400(memory):
+    server = memory(MODELS)
+    response, body = server.fetch("GET", "/logs/stream/nobody")
+    assert response.code == 400
+    assert error_message(body) == "invalid logger. Use 'proxy', 'upstream' or a model's ID"
