@@ -3,7 +3,7 @@ Token metrics: what each successful inference response cost and how fast
 it was, taken from the response's C{usage} and, when the server is
 llama.cpp, its more precise C{timings}.
 
-The original copies every response body into memory and parses it at the
+The newest llama-swap copies every response body into memory and parses it at the
 end.  Here the response is inspected as it streams past: for an SSE stream
 only the current line and the last event carrying usage or timings are
 kept, so memory per stream stays constant however long the answer; a plain
@@ -22,7 +22,7 @@ from attrs import asdict, evolve, frozen
 from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.events import EventBus, TokenMetricsRecorded
 from llamaswap.observe.timestamps import rfc3339
-from llamaswap.observe.usage import SSEUsageScanner, usage_of
+from llamaswap.observe.usage import SSEUsageScanner, Tally, usage_of
 from llamaswap.protocols.client import ResponseHead
 
 MAX_JSON_BODY = 8 * 1024 * 1024
@@ -39,6 +39,8 @@ class TokenMetrics:
     prompt_per_second: float
     tokens_per_second: float
     duration_ms: int
+    draft_tokens: int = -1
+    draft_acc_tokens: int = -1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,44 +59,63 @@ def _number(value: Any, default: float = 0) -> float:
 
 def metrics_from(document: Any, model: str, duration_ms: int, timestamp: str) -> TokenMetrics | None:
     """
-    Build metrics from one JSON document (a response, or the last SSE
-    event with usage), or C{None} when it carries neither usage nor timings.
-
-    Rules of the original: tokens from C{usage}; when C{timings} is present
-    (llama.cpp) its counts, speeds and durations win; unknown values are -1.
+    Metrics from one JSON document (a whole response), or C{None} when it
+    carries no usage, timings or metrics.
     """
-    if not isinstance(document, dict):
+    tally = Tally()
+    tally.add(document)
+    return metrics_of(tally, model, duration_ms, timestamp)
+
+
+def metrics_of(tally: Tally, model: str, duration_ms: int, timestamp: str) -> TokenMetrics | None:
+    """
+    Metrics from what an answer said it cost (C{None} if it said nothing),
+    by the newest llama-swap's rules: tokens from the usage; llama.cpp's
+    C{timings}, when present, win for counts and speeds, and the duration
+    is the longer of the measured one and theirs; vLLM's C{metrics} give
+    speculative decoding counts and speeds from the time to the first token
+    and the mean gap between tokens.  Unknown values are -1.
+    """
+    if not tally.found:
         return None
-    usage = document.get("usage")
-    timings = document.get("timings")
-    usage = usage if isinstance(usage, dict) else None
-    timings = timings if isinstance(timings, dict) else None
-    if usage is None and timings is None:
-        return None
-    cache_tokens = -1
-    input_tokens = output_tokens = 0
+    input_tokens, output_tokens, cached = tally.input, tally.output, tally.cached
     prompt_per_second = tokens_per_second = -1.0
-    if usage is not None:
-        output_tokens = int(_number(usage.get("completion_tokens")))
-        input_tokens = int(_number(usage.get("prompt_tokens")))
+    draft_tokens = draft_accepted = -1
+    timings = tally.timings
     if timings is not None:
         input_tokens = int(_number(timings.get("prompt_n")))
         output_tokens = int(_number(timings.get("predicted_n")))
         prompt_per_second = float(_number(timings.get("prompt_per_second")))
         tokens_per_second = float(_number(timings.get("predicted_per_second")))
-        duration_ms = int(_number(timings.get("prompt_ms")) + _number(timings.get("predicted_ms")))
+        duration_ms = max(duration_ms, int(_number(timings.get("prompt_ms")) + _number(timings.get("predicted_ms"))))
         if "cache_n" in timings:
-            cache_tokens = int(_number(timings.get("cache_n"), -1))
+            cached = int(_number(timings.get("cache_n"), -1))
+        if "draft_n" in timings and "draft_n_accepted" in timings:
+            draft_tokens = int(_number(timings.get("draft_n")))
+            draft_accepted = int(_number(timings.get("draft_n_accepted")))
+    measured = tally.metrics or {}
+    speculative = measured.get("speculative_decoding")
+    if isinstance(speculative, dict) and "num_draft_tokens" in speculative and "num_accepted_draft_tokens" in speculative:
+        draft_tokens = int(_number(speculative["num_draft_tokens"]))
+        draft_accepted = int(_number(speculative["num_accepted_draft_tokens"]))
+    first_token_ms = _number(measured.get("time_to_first_token_ms"))
+    if first_token_ms > 0:
+        prompt_per_second = (input_tokens - max(cached, 0)) / (first_token_ms / 1000)
+    gap_ms = _number(measured.get("mean_itl_ms"))
+    if gap_ms > 0:
+        tokens_per_second = 1000 / gap_ms
     return TokenMetrics(
         id=-1,
         timestamp=timestamp,
         model=model,
-        cache_tokens=cache_tokens,
+        cache_tokens=cached,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         prompt_per_second=prompt_per_second,
         tokens_per_second=tokens_per_second,
         duration_ms=duration_ms,
+        draft_tokens=draft_tokens,
+        draft_acc_tokens=draft_accepted,
     )
 
 
@@ -219,13 +240,13 @@ class MetricsObserver:
 
     def _record(self, ended: float) -> None:
         duration_ms = round((ended - self._started) * 1000)
-        document: Any = None
+        tally = Tally()
         if self._scanner is not None:
             self._scanner.close()
-            document = self._scanner.last
+            tally = self._scanner.tally
         elif self._body:
-            document = usage_of(b"".join(self._body))
-        metrics = metrics_from(document, self._model, duration_ms, rfc3339(self._wall_clock()))
+            tally.add(usage_of(b"".join(self._body)))
+        metrics = metrics_of(tally, self._model, duration_ms, rfc3339(self._wall_clock()))
         if metrics is None and self._scanner is not None and self._scanner.generated_events:
             metrics = self._derived(duration_ms)
         if metrics is None:

@@ -43,7 +43,7 @@ def test_timings_without_cache_and_missing_fields():
     metrics = metrics_from({"timings": {"prompt_n": 3, "predicted_n": 4}}, "m", 9, "t")
     assert metrics.cache_tokens == -1
     assert metrics.prompt_per_second == 0  # present timings, missing field: zero like the original
-    assert metrics.duration_ms == 0
+    assert metrics.duration_ms == 9  # the measured duration, longer than the timings' (none)
 
 
 def test_nothing_to_measure():
@@ -57,7 +57,7 @@ def test_store_ids_and_bound():
     published = []
     bus.subscribe(published.append, TokenMetricsRecorded)
     store = MetricsStore(bus, limit=3)
-    template = metrics_from({"usage": {}}, "m", 1, "t")
+    template = metrics_from({"usage": {"prompt_tokens": 1}}, "m", 1, "t")
     for _ in range(5):
         store.add(template)
     assert [item.id for item in store.all()] == [2, 3, 4]
@@ -65,7 +65,7 @@ def test_store_ids_and_bound():
     assert [item["id"] for item in json.loads(store.to_json())] == [2, 3, 4]
     assert set(json.loads(store.to_json())[0]) == {
         "id", "timestamp", "model", "cache_tokens", "input_tokens", "output_tokens",
-        "prompt_per_second", "tokens_per_second", "duration_ms",
+        "prompt_per_second", "tokens_per_second", "duration_ms", "draft_tokens", "draft_acc_tokens",
     }
 
 
@@ -82,14 +82,71 @@ def test_scanner_finds_the_last_usage_event_across_chunk_boundaries():
         for start in range(0, len(stream), size):
             scanner.feed(stream[start : start + size])
         scanner.close()
-        assert scanner.last == {"usage": {"prompt_tokens": 100, "completion_tokens": 50}}, size
+        assert (scanner.tally.input, scanner.tally.output) == (100, 50), size
 
 
 def test_scanner_ignores_invalid_json_and_null_usage():
     scanner = SSEUsageScanner()
     scanner.feed(b'data: not json "usage"\n\ndata: {"usage": null, "choices": []}\n\ndata: [DONE]\n\n')
     scanner.close()
-    assert scanner.last is None
+    assert not scanner.tally.found
+
+
+def stream_tally(*events: dict):
+    scanner = SSEUsageScanner()
+    for event in events:
+        scanner.feed(b"data: " + json.dumps(event).encode() + b"\n\n")
+    scanner.close()
+    return scanner.tally
+
+
+def test_responses_usage_streamed_and_not():
+    usage = {"input_tokens": 30, "output_tokens": 12, "input_tokens_details": {"cached_tokens": 8}}
+    metrics = metrics_from({"object": "response", "usage": usage}, "m", 5, "t")
+    assert (metrics.input_tokens, metrics.output_tokens, metrics.cache_tokens) == (30, 12, 8)
+    tally = stream_tally(
+        {"type": "response.created", "response": {"usage": None}},
+        {"type": "response.output_text.delta", "delta": "hi"},
+        {"type": "response.completed", "response": {"usage": usage}},
+    )
+    assert (tally.input, tally.output, tally.cached) == (30, 12, 8)
+
+
+def test_anthropic_usage_is_merged_over_its_events():
+    tally = stream_tally(
+        {"type": "message_start", "message": {"usage": {"input_tokens": 25, "output_tokens": 1, "cache_read_input_tokens": 4}}},
+        {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "hi"}},
+        {"type": "message_delta", "usage": {"output_tokens": 15}},
+    )
+    assert (tally.input, tally.output, tally.cached) == (25, 15, 4)
+
+
+def test_openai_cached_prompt_tokens():
+    usage = {"prompt_tokens": 9, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 5}}
+    assert metrics_from({"usage": usage}, "m", 1, "t").cache_tokens == 5
+
+
+def test_vllm_metrics_give_speeds_and_speculative_decoding():
+    document = {
+        "usage": {"prompt_tokens": 110, "completion_tokens": 40, "prompt_tokens_details": {"cached_tokens": 10}},
+        "metrics": {
+            "time_to_first_token_ms": 200.0,
+            "mean_itl_ms": 25.0,
+            "speculative_decoding": {"num_draft_tokens": 30, "num_accepted_draft_tokens": 21},
+        },
+    }
+    metrics = metrics_from(document, "m", 1, "t")
+    assert metrics.prompt_per_second == 500.0  # 100 uncached prompt tokens in 0.2 s
+    assert metrics.tokens_per_second == 40.0
+    assert (metrics.draft_tokens, metrics.draft_acc_tokens) == (30, 21)
+    half = {"metrics": {"speculative_decoding": {"num_draft_tokens": 30}}, "usage": {"prompt_tokens": 1}}
+    assert metrics_from(half, "m", 1, "t").draft_tokens == -1  # never from half an object
+
+
+def test_llama_cpp_draft_counts():
+    timings = {"prompt_n": 5, "predicted_n": 7, "draft_n": 6, "draft_n_accepted": 4}
+    metrics = metrics_from({"timings": timings}, "m", 1, "t")
+    assert (metrics.draft_tokens, metrics.draft_acc_tokens) == (6, 4)
 
 
 class Clock:
@@ -198,3 +255,16 @@ def test_a_finished_request_is_in_the_metrics_asked_for_right_after(memory):
     # ...and a reader asking now still sees it
     records = json.loads(server.fetch("GET", "/api/metrics")[1])
     assert [record["model"] for record in records] == ["m"]
+
+
+def test_metrics_of_responses_and_messages_through_the_proxy(memory):
+    server = memory(CONFIG)
+    for stream in (False, True):
+        for path in ("/v1/responses", "/v1/messages"):
+            response, body = server.fetch("POST", path + "?chunks=7", json={"model": "m", "stream": stream})
+            assert response.code == 200, body
+    records = json.loads(server.fetch("GET", "/api/metrics")[1])
+    assert [(record["output_tokens"], record["input_tokens"] > 0) for record in records] == [(7, True)] * 4
+    responses, messages, responses_streamed, messages_streamed = records
+    assert responses["cache_tokens"] == responses_streamed["cache_tokens"] == 2  # input_tokens_details
+    assert messages["cache_tokens"] == messages_streamed["cache_tokens"] == 1  # cache_read_input_tokens
