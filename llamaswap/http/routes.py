@@ -231,6 +231,10 @@ class Routes:
         )
 
     def form_inference(self, request: Request):
+        """
+        A multipart POST whose model is its C{model} field (transcriptions,
+        image edits).
+        """
         body = _read_body(request)
         try:
             content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
@@ -240,20 +244,8 @@ class Routes:
         requested = form_value(body, fields, "model")
         if not requested:
             return error_response(request, 400, "missing or invalid 'model' parameter in form data")
-        resolution = self._resolve(request, requested)
-        if isinstance(resolution, bytes):
-            return resolution
-        on_done = resolution.release if resolution.selector else None
-        if resolution.model_id is not None:
-            name = self.config.models[resolution.model_id].use_model_name or resolution.name
-            if name != requested:
-                body = replace_value(body, fields, "model", name)
-            return self.gateway.forward(request, resolution.model_id, body, on_done=on_done)
-        peer_id, peer_model = resolution.peer
-        if peer_model != requested:
-            body = replace_value(body, fields, "model", peer_model)
-        return self.gateway.forward_to_peer(
-            request, self.config.peers[peer_id], body, metrics_name=f"{peer_id}/{peer_model}", on_done=on_done
+        return self._forward_renamed(
+            request, requested, lambda name: (replace_value(body, fields, "model", name) if name else body, None)
         )
 
     def query_inference(self, request: Request):
@@ -264,18 +256,27 @@ class Routes:
         requested = values[0].decode("utf-8", "replace") if values else ""
         if not requested:
             return error_response(request, 400, "missing or invalid 'model' query parameter")
+        return self._forward_renamed(request, requested, lambda name: (None, _with_model(request, name) if name else None))
+
+    def _forward_renamed(self, request: Request, requested: str, rename):
+        """
+        Send a request whose model is C{requested} to whoever serves it;
+        C{rename(name)} gives the body and path to send (C{name} is the
+        name the server knows the model by, or C{None} if it is the
+        requested one).
+        """
         resolution = self._resolve(request, requested)
         if isinstance(resolution, bytes):
             return resolution
         on_done = resolution.release if resolution.selector else None
         if resolution.model_id is not None:
             name = self.config.models[resolution.model_id].use_model_name or resolution.name
-            target = _with_model(request, name) if name != requested else None
-            return self.gateway.forward(request, resolution.model_id, None, path=target, on_done=on_done)
+            body, path = rename(name if name != requested else None)
+            return self.gateway.forward(request, resolution.model_id, body, path=path, on_done=on_done)
         peer_id, peer_model = resolution.peer
-        target = _with_model(request, peer_model) if peer_model != requested else None
+        body, path = rename(peer_model if peer_model != requested else None)
         return self.gateway.forward_to_peer(
-            request, self.config.peers[peer_id], None, path=target, metrics_name=f"{peer_id}/{peer_model}", on_done=on_done
+            request, self.config.peers[peer_id], body, path=path, metrics_name=f"{peer_id}/{peer_model}", on_done=on_done
         )
 
     # ------------------------------------------------------------ upstream
