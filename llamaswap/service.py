@@ -24,8 +24,10 @@ from llamaswap.models.process import ModelProcess
 from llamaswap.models.readiness import PROBE_CONNECT_TIMEOUT, Probes, connect_probe, http_probe
 from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.events import ConfigFileChanged, EventBus, ProfileChanged
+from llamaswap.observe.host import HostSampler
 from llamaswap.observe.logs import Logs
 from llamaswap.observe.metrics import MetricsStore
+from llamaswap.observe.prometheus import Telemetry
 from llamaswap.routing.names import Names
 from llamaswap.routing.profiles import Profiles
 from llamaswap.routing.selectors import Selectors
@@ -99,7 +101,12 @@ class LlamaswapService(MultiService):
         )
         self.manager.setServiceParent(self)
         self.backlog = Backlog(reactor)
+        self.host = HostSampler(reactor, config.performance_every, config.performance_disabled)
+        self.host.setServiceParent(self)
         self.gateway = Gateway(self.manager, self.client, self.metrics, self.logs.proxy, reactor, self.backlog)
+        self.telemetry = Telemetry(
+            self.bus, reactor.seconds, self.host, self.manager.states, self.gateway.waiting_by_model
+        )
         self.profiles = Profiles(config, lambda active: self.bus.publish(ProfileChanged(active)))
         self.selectors = Selectors(config, self.manager.state_of)
         self.names = Names(config, self.profiles, self.selectors)
@@ -112,10 +119,13 @@ class LlamaswapService(MultiService):
             bus=self.bus,
             metrics=self.metrics,
             static_dir=static_directory(),
+            telemetry=self.telemetry,
+            host=self.host,
         )
         keys = KeyCheck(lambda: self.config.api_keys, self.routes.knows)
         root = RootResource(self.routes.resource(), self.routes.fast_routes(), refuse=keys.refuse)
         self.site = LlamaswapSite(root, self.logs.proxy, clock=reactor, backlog=self.backlog)
+        self.site.telemetry = self.telemetry
         self.http: ListeningService | None = None
         if listen is not None:
             self.http = ListeningService(serverFromString(reactor, listen), self.site)
@@ -183,6 +193,7 @@ class LlamaswapService(MultiService):
         self.logs.send_to_stdout(config.log_to_stdout)
         self.logs.forget_models(config.models)
         self.metrics.resize(config.metrics_max_in_memory)
+        self.host.reconfigure(config.performance_every, config.performance_disabled)
         kept = len(config.models) - len(added) - len(changed)
         self.logs.proxy.info(
             "configuration reloaded: "

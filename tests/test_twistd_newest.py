@@ -365,3 +365,13 @@ def test_routing_filters_capabilities_and_timeouts_through_twistd(twistd, tmp_pa
     # globalTTL: a (no ttl of its own) is unloaded after 2 idle seconds; b (ttl 0) is not
     assert chat(port, "a")[0] == 200
     eventually(lambda: running() == {"b"}, timeout=10, message=output(process))
+    # what all that looks like to Prometheus
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = call(port, "GET", "/metrics")
+    families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+    assert status == 200 and "llamaswap_memory_total_bytes" in families
+    requests = {(s.labels["model"], s.labels["status"]): s.value for s in families["llamaswap_requests"].samples}
+    assert requests[("b", "504")] == 1 and requests[("a", "200")] == 2
+    swaps = {s.labels["model"]: s.value for s in families["llamaswap_model_swaps"].samples}
+    assert swaps["c"] == 1  # stopped for b

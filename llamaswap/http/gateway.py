@@ -51,6 +51,19 @@ class Gateway:
         self.log = log
         self.clock = clock
         self.backlog = backlog
+        self._waiting: dict[str, int] = {}
+
+    def waiting_by_model(self) -> dict[str, int]:
+        """
+        Requests waiting for each model: for their turn, or for it to load.
+        """
+        counts = dict.fromkeys(self.models.config.models, 0)
+        counts.update((model_id, count) for model_id, count in self._waiting.items() if count)
+        return counts
+
+    def _done_waiting(self, result, model_id: str):
+        self._waiting[model_id] -= 1
+        return result
 
     def forward(
         self,
@@ -83,6 +96,7 @@ class Gateway:
         """
         if on_done is not None:
             request.notifyFinish().addBoth(lambda _: on_done())
+        request.metrics_model = model_id
         try:
             lease = self.models.use_now(model_id)
             if lease is not None:
@@ -96,8 +110,12 @@ class Gateway:
         stream = None
         if loading and not self.models.is_ready(model_id):
             stream = LoadingStream(request, model_id, self.clock)
+        queued_at = self.clock.seconds()
+        self._waiting[model_id] = self._waiting.get(model_id, 0) + 1
+        waiting.addBoth(self._done_waiting, model_id)
 
         def ready(lease: Lease):
+            request.waited = self.clock.seconds() - queued_at
             if request.gone:
                 lease.release()  # the client left just as its turn came
                 return None
@@ -135,6 +153,7 @@ class Gateway:
         """
         if on_done is not None:
             request.notifyFinish().addBoth(lambda _: on_done())
+        request.metrics_model = metrics_name or peer.id
         set_headers = ()
         if peer.api_key:
             key = peer.api_key.encode("latin-1")

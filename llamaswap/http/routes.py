@@ -32,8 +32,12 @@ from llamaswap.http.streams import LOG_SOURCES, stream_events, stream_logs
 from llamaswap.http.ui import UIFiles
 from llamaswap.models.manager import ModelManager
 from llamaswap.observe.events import EventBus
+from llamaswap.observe.host import HostSampler
 from llamaswap.observe.logs import Logs
 from llamaswap.observe.metrics import MetricsStore
+from llamaswap.observe.prometheus import CONTENT_TYPE as PROMETHEUS_TYPE
+from llamaswap.observe.prometheus import Telemetry
+from llamaswap.observe.timestamps import parse_rfc3339
 from llamaswap.routing.names import Names, NoTargetNow, Resolution, UnknownModel
 from llamaswap.routing.profiles import Profiles, UnknownProfile
 
@@ -125,7 +129,11 @@ class Routes:
         bus: EventBus,
         metrics: MetricsStore,
         static_dir: FilePath,
+        telemetry: Telemetry | None = None,
+        host: HostSampler | None = None,
     ):
+        self.telemetry = telemetry
+        self.host = host
         self._fast: dict[tuple[bytes, bytes], Callable] | None = None
         self.models = models
         self.names = names
@@ -407,6 +415,40 @@ class Routes:
     def api_metrics(self, request):
         self.gateway.backlog.run()  # what finished before this request, included
         return sized(request, self.metrics.to_json(), b"application/json")
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request):
+        self.gateway.backlog.run()
+        if self.telemetry is None:
+            return error_response(request, 503, "metrics are not available")
+        return sized(request, self.telemetry.render(), PROMETHEUS_TYPE)
+
+    @app.route("/api/performance", methods=["GET"])
+    def api_performance(self, request):
+        if self.host is None or self.host.disabled:
+            request.setResponseCode(503)
+            return json_response(request, {"enabled": False})
+        after = None
+        values = request.args.get(b"after")
+        if values:
+            after = parse_rfc3339(values[0].decode("latin-1"))
+            if after is None:
+                return error_response(request, 400, "invalid 'after' timestamp, use RFC3339 format")
+        sys_stats, gpu_stats = self.host.history(after)
+        return json_response(
+            request,
+            {
+                "enabled": True,
+                "sys_stats": [stat.to_json() for stat in sys_stats],
+                "gpu_stats": [stat.to_json() for stat in gpu_stats],
+            },
+        )
+
+    @app.route("/api/version", methods=["GET"])
+    def api_version(self, request):
+        from llamaswap import __version__
+
+        return json_response(request, {"version": __version__, "commit": "", "build_date": ""})
 
     # ------------------------------------------------------------ logs and events
 

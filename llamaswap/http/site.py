@@ -70,6 +70,11 @@ class LlamaswapRequest(TrackedRequest):
     """
 
     max_body = MAX_REQUEST_BODY
+    # Set by the gateway for relayed requests, read for /metrics: the model
+    # (or peer model) and how long the request waited for it.
+    metrics_model: str | None = None
+    waited: float | None = None
+    first_byte_at: float | None = None
 
     def __init__(self, channel, queued=None):
         # Bodies are ours to read: no form parsing into request.args (it
@@ -82,6 +87,11 @@ class LlamaswapRequest(TrackedRequest):
     def _clock(self):
         site = getattr(self.channel, "site", None)
         return getattr(site, "clock", default_reactor)
+
+    def write(self, data):
+        if not self.startedWriting and self.metrics_model is not None:
+            self.first_byte_at = self._clock().seconds()
+        super().write(data)
 
     def gotLength(self, length):
         if length is not None and length > self.max_body:
@@ -171,6 +181,7 @@ class LlamaswapSite(server.Site):
         self.proxy_log = proxy_log
         self.clock = clock
         self.backlog = backlog if backlog is not None else Backlog(clock)
+        self.telemetry = None  # llamaswap.observe.prometheus.Telemetry, once there is one
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)
@@ -181,9 +192,12 @@ class LlamaswapSite(server.Site):
         if getattr(request, "_logged", True) or request.path is None or request.path in UNLOGGED_PATHS:
             return
         request._logged = True
+        now = self.clock.seconds()
+        model = getattr(request, "metrics_model", None)
+        if model is not None and self.telemetry is not None:
+            self._count(request, model, now)
         if not self.proxy_log.enabled("info"):
             return
-        now = self.clock.seconds()
         entry = (
             getattr(request.getClientAddress(), "host", None) or "-",
             request.method,
@@ -196,6 +210,13 @@ class LlamaswapSite(server.Site):
             disconnected,
         )
         self.backlog.later(lambda: self._write_log_line(*entry))
+
+    def _count(self, request, model: str, now: float) -> None:
+        started = getattr(request, "started", now)
+        first_byte = request.first_byte_at - started if request.first_byte_at is not None else None
+        entry = (model, request.code, now - started, first_byte, request.waited)
+        telemetry = self.telemetry
+        self.backlog.later(lambda: telemetry.request_done(*entry))
 
     def _write_log_line(self, host, method, path, protocol, code, length, agent, duration, disconnected) -> None:
         note = " (client disconnected)" if disconnected else ""

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from llamaswap.config import Config, changed_models
 from llamaswap.models.process import READY, STOPPED, ModelProcess
 from llamaswap.models.readiness import Probes
-from llamaswap.observe.events import EventBus, ModelPreloaded, ProcessStateChanged
+from llamaswap.observe.events import EventBus, ModelEvicted, ModelPreloaded, ProcessStateChanged
 from llamaswap.observe.logs import Logs
 from llamaswap.routing.scheduler import Lease, Scheduler
 
@@ -46,7 +46,7 @@ class ModelManager(Service):
         self.processes = {
             model_id: self._new_process(model_id) for model_id in sorted(config.models)
         }
-        self.scheduler = Scheduler(config, self.processes, logs)
+        self.scheduler = Scheduler(config, self.processes, logs, on_evict=lambda model: bus.publish(ModelEvicted(model)))
         self._preloading: Deferred | None = None
 
     def _new_process(self, model_id: str, config: Config | None = None) -> ModelProcess:
@@ -155,6 +155,9 @@ class ModelManager(Service):
     def state_of(self, model_id: str) -> str:
         process = self.processes.get(model_id)
         return process.state if process is not None else STOPPED
+
+    def states(self) -> dict[str, str]:
+        return {model_id: process.state for model_id, process in self.processes.items()}
 
     def is_ready(self, model_id: str) -> bool:
         return self.processes[model_id].state == READY

@@ -31,6 +31,15 @@ class ProcessStateChanged:
 
 
 @frozen
+class ModelEvicted:
+    """
+    A model was stopped to make room for another (a swap).
+    """
+
+    model: str
+
+
+@frozen
 class ConfigFileChanged:
     """
     The configuration file changed; C{state} is "start" when a reload

@@ -82,3 +82,20 @@ def rfc3339(when: float) -> str:
     if _second_cache[0] != second:
         _second_cache = (second, datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
     return f"{_second_cache[1]}.{int((when - second) * 1_000_000):06d}Z"
+
+
+def parse_rfc3339(text: str) -> float | None:
+    """
+    An RFC 3339 timestamp (C{Z} or an offset, optional fraction) as seconds
+    since the epoch, or C{None} when it is not one.
+    """
+    text = text.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None or "T" not in text.upper():
+        return None
+    return moment.timestamp()

@@ -17,7 +17,7 @@ model is never stopped under a request that was admitted to it.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable
+from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
@@ -96,8 +96,15 @@ class Scheduler:
     Admits requests to models and drains conflicting models first.
     """
 
-    def __init__(self, config: Config, processes: dict[str, ModelProcess], logs: Logs):
+    def __init__(
+        self,
+        config: Config,
+        processes: dict[str, ModelProcess],
+        logs: Logs,
+        on_evict: Callable[[str], None] | None = None,
+    ):
         self.processes = processes
+        self._on_evict = on_evict
         self._logs = logs
         self._swapper = swapper_for(config, logs.proxy)
         self._priority = dict(config.priority)
@@ -314,6 +321,8 @@ class Scheduler:
             if process.inflight == 0 and process.state in (STARTING, READY):
                 self._logs.proxy.info(f"<{model_id}> stopping to make room for another model")
                 process.stop()
+                if self._on_evict is not None:
+                    self._on_evict(model_id)
         for waiter, process in admitted:
             waiter.deferred.callback(Lease(self, process))
 
