@@ -101,6 +101,7 @@ class LlamaswapService(MultiService):
         )
         self.manager.setServiceParent(self)
         self.backlog = Backlog(reactor)
+        self.hardware: dict | None = None  # taken at start-up
         self.host = HostSampler(reactor, config.performance_every, config.performance_disabled)
         self.host.setServiceParent(self)
         self.gateway = Gateway(self.manager, self.client, self.metrics, self.logs.proxy, reactor, self.backlog)
@@ -121,6 +122,7 @@ class LlamaswapService(MultiService):
             static_dir=static_directory(),
             telemetry=self.telemetry,
             host=self.host,
+            hardware=lambda: self.hardware,
         )
         keys = KeyCheck(lambda: self.config.api_keys, self.routes.knows)
         root = RootResource(self.routes.resource(), self.routes.fast_routes(), refuse=keys.refuse)
@@ -146,6 +148,15 @@ class LlamaswapService(MultiService):
         for warning in self.config.warnings:
             self.logs.proxy.warn(f"config: {warning}")
         super().startService()
+        from llamaswap.observe.hardware import snapshot
+
+        def taken(document):
+            self.hardware = document
+
+        def failed(failure):
+            self.logs.proxy.warn(f"hardware detection unavailable: {failure.getErrorMessage()}")
+
+        snapshot().addCallbacks(taken, failed)
         if self.http is None:
             return
         scheme = "https" if self.listen.startswith("ssl:") else "http"

@@ -131,9 +131,11 @@ class Routes:
         static_dir: FilePath,
         telemetry: Telemetry | None = None,
         host: HostSampler | None = None,
+        hardware: Callable[[], dict | None] = lambda: None,
     ):
         self.telemetry = telemetry
         self.host = host
+        self.hardware = hardware
         self._fast: dict[tuple[bytes, bytes], Callable] | None = None
         self.models = models
         self.names = names
@@ -443,6 +445,13 @@ class Routes:
                 "gpu_stats": [stat.to_json() for stat in gpu_stats],
             },
         )
+
+    @app.route("/api/hardware", methods=["GET"])
+    def api_hardware(self, request):
+        document = self.hardware()
+        if document is None:
+            return error_response(request, 503, "hardware detection unavailable")
+        return json_response(request, document)
 
     @app.route("/api/version", methods=["GET"])
     def api_version(self, request):

@@ -173,3 +173,38 @@ def test_version_api(memory):
 
     document = json.loads(memory(CONFIG).fetch("GET", "/api/version")[1])
     assert document == {"version": __version__, "commit": "", "build_date": ""}
+
+
+def test_hardware_snapshot(memory):
+    import json
+
+    server = memory(CONFIG)
+    response, body = server.fetch("GET", "/api/hardware")
+    document = json.loads(body)
+    assert response.code == 200
+    assert set(document) == {"operating_system", "architecture", "environment", "memory", "cpu", "accelerators"}
+    assert document["memory"]["capacity_bytes"] > 0 and document["cpu"]["logical_thread_count"] >= 1
+    assert document["operating_system"]["family"] == "linux"
+    assert document["environment"]["kind"] in ("bare_metal", "container", "virtual_machine")
+
+
+def test_hardware_parsing():
+    from llamaswap.observe.hardware import accelerators, cpu, environment
+
+    cpuinfo = (
+        "processor: 0\nvendor_id: AuthenticAMD\nmodel name: AMD EPYC 7763\nphysical id: 0\ncore id: 0\nflags: fpu hypervisor\n\n"
+        "processor: 1\nvendor_id: AuthenticAMD\nmodel name: AMD EPYC 7763\nphysical id: 0\ncore id: 1\nflags: fpu hypervisor\n\n"
+        "processor: 2\nvendor_id: AuthenticAMD\nmodel name: AMD EPYC 7763\nphysical id: 0\ncore id: 0\nflags: fpu hypervisor\n"
+    )
+    files = {"/proc/cpuinfo": cpuinfo, "/sys/class/dmi/id/sys_vendor": "QEMU\n", "/proc/1/cgroup": "0::/init.scope\n"}
+    described = cpu(files.get)
+    assert (described["model"], described["vendor"], described["socket_count"], described["physical_core_count"]) == (
+        "AMD EPYC 7763", "AuthenticAMD", 1, 2,
+    )
+    assert environment(lambda path: files.get(path, ""), lambda path: False) == {
+        "kind": "virtual_machine", "name": "QEMU", "version": None,
+    }
+    assert environment(lambda path: "", lambda path: path == "/.dockerenv")["name"] == "docker"
+    [gpu] = accelerators(b"0, NVIDIA GeForce RTX 4090, 24564, 550.54.14, 450.00\n[garbage]\n")
+    assert gpu["memory"]["capacity_bytes"] == 24564 * 1024 * 1024 and gpu["driver"]["version"] == "550.54.14"
+    assert gpu["power_limit_watts"] == 450.0
