@@ -375,3 +375,40 @@ def test_routing_filters_capabilities_and_timeouts_through_twistd(twistd, tmp_pa
     assert requests[("b", "504")] == 1 and requests[("a", "200")] == 2
     swaps = {s.labels["model"]: s.value for s in families["llamaswap_model_swaps"].samples}
     assert swaps["c"] == 1  # stopped for b
+
+
+def test_the_newest_endpoints_through_twistd(twistd, tmp_path):
+    openai = pytest.importorskip("openai")
+    anthropic = pytest.importorskip("anthropic")
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"startPort: {free_port_range(4)}\napiKeys: [sk-local]\n"
+        + model_yaml(chat="chat", art="art")
+        + "groups:\n  all: {swap: false, members: [chat, art]}\n"
+    )
+    process = twistd("-c", str(config), "--listen", f"127.0.0.1:{port}")
+    wait_ready(port, process)
+    base = f"http://127.0.0.1:{port}"
+    client = openai.OpenAI(base_url=base + "/v1", api_key="sk-local", max_retries=0, timeout=30)
+    assert client.responses.create(model="chat", input="hi").output_text.startswith("chat-0")
+    assert client.images.generate(model="art", prompt="a cat").data[0].b64_json
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base + "/v1", api_key="sk-wrong", max_retries=0).models.list()
+    claude = anthropic.Anthropic(base_url=base, api_key="sk-local", max_retries=0, timeout=30)  # sent as x-api-key
+    message = claude.messages.create(model="chat", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+    assert message.content[0].text.startswith("chat-0")
+    with claude.messages.stream(model="chat", max_tokens=16, messages=[{"role": "user", "content": "hi"}]) as events:
+        assert "".join(events.text_stream).startswith("chat-0")
+    assert claude.messages.count_tokens(model="chat", messages=[{"role": "user", "content": "hi"}]).input_tokens > 0
+    status, body = call(port, "GET", "/props?model=art", key="sk-local")
+    assert status == 200 and json.loads(body)["responder"] == "art"
+    for path in ("/api/hardware", "/api/performance", "/api/version"):
+        status, body = call(port, "GET", path, key="sk-local")
+        assert status == 200 and json.loads(body), path
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = call(port, "GET", "/metrics", key="sk-local")
+    families = {family.name for family in text_string_to_metric_families(body.decode())}
+    assert {"llamaswap_requests", "llamaswap_tokens", "llamaswap_cpu_util_percent", "llamaswap_model_state"} <= families
+    assert call(port, "GET", "/metrics")[0] == 401
