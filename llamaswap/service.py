@@ -25,6 +25,7 @@ from llamaswap.models.readiness import PROBE_CONNECT_TIMEOUT, Probes, connect_pr
 from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.events import ConfigFileChanged, EventBus, ProfileChanged
 from llamaswap.observe.host import HostSampler
+from llamaswap.observe.inflight import InFlight
 from llamaswap.observe.logs import Logs
 from llamaswap.observe.metrics import MetricsStore
 from llamaswap.observe.prometheus import Telemetry
@@ -104,7 +105,10 @@ class LlamaswapService(MultiService):
         self.hardware: dict | None = None  # taken at start-up
         self.host = HostSampler(reactor, config.performance_every, config.performance_disabled)
         self.host.setServiceParent(self)
-        self.gateway = Gateway(self.manager, self.client, self.metrics, self.logs.proxy, reactor, self.backlog)
+        self.inflight = InFlight(self.bus, reactor)
+        self.gateway = Gateway(
+            self.manager, self.client, self.metrics, self.logs.proxy, reactor, self.backlog, self.inflight
+        )
         self.telemetry = Telemetry(
             self.bus, reactor.seconds, self.host, self.manager.states, self.gateway.waiting_by_model
         )

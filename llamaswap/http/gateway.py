@@ -30,9 +30,33 @@ from llamaswap.http.proxy import ReverseProxyResource
 from llamaswap.models.manager import ModelManager
 from llamaswap.models.process import ProcessShutdown, StartFailed
 from llamaswap.observe.backlog import Backlog
+from llamaswap.observe.inflight import Entry, InFlight, InFlightObserver
 from llamaswap.observe.logs import ProxyLog
 from llamaswap.observe.metrics import MetricsObserver, MetricsStore
 from llamaswap.routing.scheduler import Lease, ShuttingDown, TooManyRequests
+
+CANCELLED = "request cancelled"
+
+
+class _Cancel:
+    """
+    What an operator's cancel of one request stops: its wait for the model,
+    then its relay.
+    """
+
+    entry: Entry | None = None
+
+    def __init__(self) -> None:
+        self.waiting: Deferred | None = None
+        self.resource: ReverseProxyResource | None = None
+        self.requested = False
+
+    def __call__(self) -> None:
+        self.requested = True
+        if self.resource is not None:
+            self.resource.cancel(CANCELLED)
+        elif self.waiting is not None:
+            self.waiting.cancel()
 
 
 class Gateway:
@@ -44,7 +68,9 @@ class Gateway:
         log: ProxyLog,
         clock,
         backlog: Backlog,
+        inflight: InFlight | None = None,
     ):
+        self.inflight = inflight
         self.models = models
         self.client = client
         self.metrics = metrics
@@ -65,6 +91,26 @@ class Gateway:
         self._waiting[model_id] -= 1
         return result
 
+    def _track(self, request: Request, name: str, path: bytes | None, track: bool) -> _Cancel:
+        """
+        List the request among the in-flight ones until its answer is over.
+        """
+        cancel = _Cancel()
+        if track and self.inflight is not None:
+            shown = None if path is None else path.split(b"?", 1)[0].decode("utf-8", "replace")
+            entry = cancel.entry = self.inflight.add(request, name, cancel, path=shown)
+            request.notifyFinish().addBoth(lambda _: self.inflight.remove(entry))
+        return cancel
+
+    def _observers(self, request: Request, name: str, cancel: _Cancel) -> tuple:
+        observers = []
+        metrics = self._observer(request, name)
+        if metrics is not None:
+            observers.append(metrics)
+        if cancel.entry is not None:
+            observers.append(InFlightObserver(self.inflight, cancel.entry))
+        return tuple(observers)
+
     def forward(
         self,
         request: Request,
@@ -75,6 +121,7 @@ class Gateway:
         loading: bool = False,
         on_done: Callable[[], None] | None = None,
         upgrade: bytes | None = None,
+        track: bool = True,
     ) -> bytes | Deferred:
         """
         Relay C{request} to C{model_id}'s server once it may be used.
@@ -88,6 +135,8 @@ class Gateway:
         @param on_done: called once the request is over, however it ends.
         @param upgrade: the protocol the client asks to switch to; the
             model stays in use until the switched connection closes.
+        @param track: list it among the in-flight requests (an inference
+            request, not a WebSocket or a model server's web page).
         @return: an error body to send at once (429, 503), the resource
             that relays the answer when the model could be used at once, or
             a Deferred firing with that resource once it can (C{None} when
@@ -100,7 +149,8 @@ class Gateway:
         try:
             lease = self.models.use_now(model_id)
             if lease is not None:
-                return self._relay(request, model_id, lease, body, path, headers_sent=False, upgrade=upgrade)
+                cancel = self._track(request, model_id, path, track and upgrade is None)
+                return self._relay(request, model_id, lease, body, path, False, upgrade, cancel)
             waiting = self.models.use(model_id)
         except TooManyRequests:
             request.setHeader(b"retry-after", b"1")
@@ -113,6 +163,8 @@ class Gateway:
         queued_at = self.clock.seconds()
         self._waiting[model_id] = self._waiting.get(model_id, 0) + 1
         waiting.addBoth(self._done_waiting, model_id)
+        cancel = self._track(request, model_id, path, track and upgrade is None)
+        cancel.waiting = waiting
 
         def ready(lease: Lease):
             request.waited = self.clock.seconds() - queued_at
@@ -121,13 +173,16 @@ class Gateway:
                 return None
             if stream is not None:
                 stream.done()
-            return self._relay(
-                request, model_id, lease, body, path, headers_sent=stream is not None, upgrade=upgrade
-            )
+            return self._relay(request, model_id, lease, body, path, stream is not None, upgrade, cancel)
 
         def failed(failure: Failure):
             if failure.check(CancelledError):
-                return None  # the client went away while waiting
+                if not cancel.requested:
+                    return None  # the client went away while waiting
+                if stream is not None:
+                    stream.failed(CANCELLED)
+                    return None
+                return error_response(request, 503, CANCELLED)
             code, message = self._describe_start_failure(model_id, failure)
             if stream is not None:
                 stream.failed(message)
@@ -146,6 +201,7 @@ class Gateway:
         metrics_name: str | None = None,
         on_done: Callable[[], None] | None = None,
         upgrade: bytes | None = None,
+        track: bool = True,
     ) -> ReverseProxyResource:
         """
         Relay C{request} to a peer, with its API key (as C{Authorization:
@@ -153,24 +209,26 @@ class Gateway:
         """
         if on_done is not None:
             request.notifyFinish().addBoth(lambda _: on_done())
-        request.metrics_model = metrics_name or peer.id
+        name = request.metrics_model = metrics_name or peer.id
+        cancel = self._track(request, name, path, track and upgrade is None)
         set_headers = ()
         if peer.api_key:
             key = peer.api_key.encode("latin-1")
             set_headers = ((b"Authorization", b"Bearer " + key), (b"x-api-key", key))
-        return ReverseProxyResource(
+        resource = cancel.resource = ReverseProxyResource(
             self.client,
             f"peer {peer.id}",
             peer.proxy,
             path if path is not None else request.uri,
             body,
             log_error=self.log.error,
-            observer=self._observer(request, metrics_name or peer.id),
+            observers=self._observers(request, name, cancel),
             head_timeout=peer.timeouts.response_header or None,
             options=ConnectionOptions.from_timeouts(peer.timeouts),
             set_headers=set_headers,
             upgrade=upgrade,
         )
+        return resource
 
     def forward_unmanaged(self, request: Request, model_id: str, path: bytes, upgrade: bytes) -> bytes | Resource:
         """
@@ -219,19 +277,22 @@ class Gateway:
             backlog=self.backlog,
         )
 
-    def _relay(self, request: Request, model_id: str, lease: Lease, body, path, headers_sent: bool, upgrade=None):
+    def _relay(
+        self, request: Request, model_id: str, lease: Lease, body, path, headers_sent: bool, upgrade, cancel: _Cancel
+    ) -> ReverseProxyResource:
         model = lease.process.config
-        return ReverseProxyResource(
+        resource = cancel.resource = ReverseProxyResource(
             self.client,
             model_id,
             model.proxy,
             path if path is not None else request.uri,
             body,
             log_error=self.log.error,
-            observer=self._observer(request, model_id),
+            observers=self._observers(request, model_id, cancel),
             on_done=lease.release,
             headers_sent=headers_sent,
             head_timeout=model.timeouts.response_header or None,
             options=ConnectionOptions.from_timeouts(model.timeouts),
             upgrade=upgrade,
         )
+        return resource

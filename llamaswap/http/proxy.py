@@ -140,7 +140,7 @@ class _ProxiedExchange:
     def __init__(self, resource: ReverseProxyResource, request: Request):
         self.resource = resource
         self.request = request
-        self.observer = resource.observer
+        self.observers = resource.observers
         self.connection: UpstreamConnection | None = None
         self.pending: UpstreamRequest | None = None
         self.client_gone = False
@@ -188,8 +188,8 @@ class _ProxiedExchange:
             if self.sse:
                 # Tell nginx & co. not to buffer the stream.
                 request.responseHeaders.setRawHeaders(b"x-accel-buffering", [b"no"])
-        if self.observer is not None:
-            self.observer.response_started(head)
+        for observer in self.observers:
+            observer.response_started(head)
         self.streaming = True
         request.registerProducer(self, True)
         connection.read_body(self)
@@ -242,8 +242,8 @@ class _ProxiedExchange:
             self.request.channel.transport.write(data)
             return
         self.request.write(data)
-        if self.observer is not None:
-            self.observer.data_received(data)
+        for observer in self.observers:
+            observer.data_received(data)
 
     def body_done(self, complete: bool, reason: str) -> None:
         self.finish(complete, reason)
@@ -286,7 +286,33 @@ class _ProxiedExchange:
             else:
                 self.connection.abort()
 
-    def finish(self, complete: bool, reason: str, already_finished: bool = False) -> None:
+    def cancel(self, message: str) -> None:
+        """
+        Stop this exchange at an operator's request: the server's
+        connection is closed, and the client gets an error answer if
+        nothing was sent yet, an error event if it is reading a stream
+        (otherwise its connection is cut, the only way to say "incomplete").
+        """
+        if self.done:
+            return
+        pending, connection = self.pending, self.connection
+        self.pending = None
+        request = self.request
+        if not (request.startedWriting or self.resource.headers_sent or self.tunnel or self.client_gone):
+            send_error(request, 503, message)
+            self.finish(False, message, already_finished=True)
+        else:
+            self.finish(False, message, told=message)
+        if pending is not None:
+            pending.cancel()
+        if connection is not None:
+            connection.abort()
+
+    def finish(self, complete: bool, reason: str, already_finished: bool = False, told: str | None = None) -> None:
+        """
+        @param told: what to tell a streaming client, when not that the
+            server stopped responding.
+        """
         if self.done:
             return
         self.done = True
@@ -305,7 +331,7 @@ class _ProxiedExchange:
                 # Tell a streaming client why its stream stops here.
                 error = {
                     "error": {
-                        "message": f"upstream {self.resource.name} stopped responding: {reason}",
+                        "message": told or f"upstream {self.resource.name} stopped responding: {reason}",
                         "type": "upstream_error",
                     }
                 }
@@ -314,8 +340,8 @@ class _ProxiedExchange:
             elif request.channel is not None:
                 # Without an end marker the client knows the body is cut short.
                 request.channel.transport.loseConnection()
-        if self.observer is not None:
-            self.observer.response_ended(complete and not self.client_gone)
+        for observer in self.observers:
+            observer.response_ended(complete and not self.client_gone)
         if self.resource.on_done is not None:
             self.resource.on_done()
 
@@ -351,7 +377,7 @@ class ReverseProxyResource(Resource):
         body: bytes | IBodyProducer | None,
         *,
         log_error: Callable[[str], None],
-        observer: ResponseObserver | None = None,
+        observers: tuple[ResponseObserver, ...] = (),
         on_done: Callable[[], None] | None = None,
         headers_sent: bool = False,
         head_timeout: float | None = None,
@@ -366,7 +392,8 @@ class ReverseProxyResource(Resource):
         self.target = target
         self.body = body
         self.log_error = log_error
-        self.observer = observer
+        self.observers = observers
+        self.exchange: _ProxiedExchange | None = None
         self.on_done = on_done
         self.headers_sent = headers_sent
         self.head_timeout = head_timeout
@@ -375,5 +402,10 @@ class ReverseProxyResource(Resource):
         self.upgrade = upgrade
 
     def render(self, request: Request):
-        _ProxiedExchange(self, request).start()
+        self.exchange = _ProxiedExchange(self, request)
+        self.exchange.start()
         return NOT_DONE_YET
+
+    def cancel(self, message: str) -> None:
+        if self.exchange is not None:
+            self.exchange.cancel(message)

@@ -79,6 +79,16 @@ QUERY_PATHS = ("/v1/audio/voices", "/sdapi/v1/loras", "/props")
 STRIPPED_PREFIXES = (b"/v/", b"/audioapi/")
 
 
+def is_inference(method: bytes, path: str) -> bool:
+    """
+    Whether a request is one of the model-routed endpoints (an
+    C{/upstream/<model>/...} request for one is tracked like one).
+    """
+    if method == b"POST":
+        return path in INFERENCE_PATHS or path in FORM_PATHS
+    return method == b"GET" and path in QUERY_PATHS
+
+
 def forwarded_target(request: Request) -> bytes | None:
     """
     The path and query to ask the model's server for, when it is not the
@@ -318,22 +328,29 @@ class Routes:
         model_id = self.config.real_model_name(name)
         target = remaining.encode("utf-8", "surrogateescape") + query
         upgrade = upgrade_requested(request)
+        inference = is_inference(request.method, remaining)
         if model_id is None:
             peer_id, peer_model = self.config.peer_model(name)
             path = f"/upstream/{peer_model}".encode("utf-8", "surrogateescape") + target
             return self.gateway.forward_to_peer(
-                request, self.config.peers[peer_id], spooled_body(request.content), path=path, upgrade=upgrade
+                request,
+                self.config.peers[peer_id],
+                spooled_body(request.content),
+                path=path,
+                upgrade=upgrade,
+                track=inference,
             )
         if not self.models.is_ready(model_id) and ignored_path(self.config, remaining):
             return error_response(
                 request, 409, f"model {model_id} is not loaded; path matches upstream.ignorePaths"
             )
-        return self._forward_local(request, model_id, target, upgrade)
+        return self._forward_local(request, model_id, target, upgrade, track=inference)
 
-    def _forward_local(self, request: Request, model_id: str, target: bytes, upgrade: bytes | None):
+    def _forward_local(self, request: Request, model_id: str, target: bytes, upgrade: bytes | None, track: bool):
         if is_websocket(upgrade) and self.config.models[model_id].ignore_websockets:
             return self.gateway.forward_unmanaged(request, model_id, target, upgrade)
-        return self.gateway.forward(request, model_id, spooled_body(request.content), path=target, upgrade=upgrade)
+        body = spooled_body(request.content)
+        return self.gateway.forward(request, model_id, body, path=target, upgrade=upgrade, track=track)
 
     # ------------------------------------------------------------ ComfyUI
 
@@ -359,7 +376,7 @@ class Routes:
                 request, 409, f"model {COMFYUI_MODEL_ID} is not loaded; only /comfyui/ can start it"
             )
         target = remaining + request.uri[len(request.path) :]
-        return self._forward_local(request, COMFYUI_MODEL_ID, target, upgrade_requested(request))
+        return self._forward_local(request, COMFYUI_MODEL_ID, target, upgrade_requested(request), track=False)
 
     # ------------------------------------------------------------ models
 
@@ -486,7 +503,24 @@ class Routes:
     @app.route("/api/events", methods=["GET"])
     def api_events(self, request):
         self.gateway.backlog.run()
-        return stream_events(request, self.logs, self.bus, self.metrics, self.models.statuses)
+        config = self.config
+        return stream_events(
+            request,
+            self.logs,
+            self.bus,
+            self.metrics,
+            self.models.statuses,
+            inflight=self.gateway.inflight,
+            ui_config=lambda: {"activity": {"session_id": list(config.session_id_headers)}},
+            active_profile=lambda: self.profiles.active,
+        )
+
+    @app.route("/api/inflight/<path:entry_id>/cancel", methods=["POST"])
+    def api_cancel_inflight(self, request, entry_id):
+        inflight = self.gateway.inflight
+        if inflight is None or not inflight.cancel(entry_id):
+            return error_response(request, 404, "inflight request not found")
+        return json_response(request, {"msg": "ok"})
 
     # ------------------------------------------------------------ misc
 

@@ -21,8 +21,10 @@ from llamaswap.observe.events import (
     EventBus,
     LogData,
     ProcessStateChanged,
+    ProfileChanged,
     TokenMetricsRecorded,
 )
+from llamaswap.observe.inflight import InFlight, InFlightUpdate
 from llamaswap.observe.logs import Logs
 from llamaswap.observe.metrics import MetricsStore
 from llamaswap.protocols.sse import sse_event
@@ -83,11 +85,15 @@ def stream_events(
     bus: EventBus,
     metrics: MetricsStore,
     statuses: Callable[[], list[dict[str, Any]]],
+    inflight: InFlight | None = None,
+    ui_config: Callable[[], dict] = dict,
+    active_profile: Callable[[], str | None] = lambda: None,
 ) -> Deferred:
     """
     The UI's feed: every message is an SSE event named C{message} whose
     data is an envelope C{{"type": ..., "data": <JSON text>}}, as the
-    original sends them.
+    original sends them: model states, log data, metrics, the in-flight
+    requests, the UI settings and the active profile.
     """
     _no_buffering(request, b"text/event-stream")
     request.setHeader(b"cache-control", b"no-cache")
@@ -110,9 +116,28 @@ def stream_events(
             log_data(event.source, event.data)
         elif isinstance(event, TokenMetricsRecorded):
             envelope("metrics", [event.metrics.to_json()])
+        elif isinstance(event, InFlightUpdate):
+            envelope("inflight", event.to_json())
+        elif isinstance(event, ProfileChanged):
+            envelope("profileChanged", {"active": event.active})
+            envelope("modelStatus", statuses())
 
     log_data("proxy", logs.proxy_monitor.history())
     log_data("upstream", logs.upstream.history())
     envelope("modelStatus", statuses())
     envelope("metrics", [item.to_json() for item in metrics.all()])
-    return _follow(stream, bus, on_event, ProcessStateChanged, ConfigFileChanged, LogData, TokenMetricsRecorded)
+    envelope("uiConfig", ui_config())
+    envelope("profileChanged", {"active": active_profile()})
+    if inflight is not None:
+        envelope("inflight", inflight.snapshot().to_json())
+    return _follow(
+        stream,
+        bus,
+        on_event,
+        ProcessStateChanged,
+        ConfigFileChanged,
+        LogData,
+        TokenMetricsRecorded,
+        InFlightUpdate,
+        ProfileChanged,
+    )

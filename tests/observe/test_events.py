@@ -166,7 +166,10 @@ def test_events_stream_initial_state_and_load_unload_cycle(memory):
     assert response.headers.getRawHeaders("cache-control") == ["no-cache"]
     assert response.headers.getRawHeaders("x-accel-buffering") == ["no"]
     kinds = [message["type"] for message in events.messages]
-    assert kinds == ["logData", "logData", "modelStatus", "metrics"]
+    assert kinds == ["logData", "logData", "modelStatus", "metrics", "uiConfig", "profileChanged", "inflight"]
+    assert events.messages[4]["data"] == {"activity": {"session_id": ["X-Session-ID", "X-Litellm-Session-Id"]}}
+    assert events.messages[5]["data"] == {"active": None}
+    assert events.messages[6]["data"] == {"operation": "snapshot", "requests": []}
     assert [message["data"]["source"] for message in events.messages[:2]] == ["proxy", "upstream"]
     assert "fake upstream m" in events.messages[1]["data"]["data"]
     assert events.messages[2]["data"] == [
@@ -184,6 +187,9 @@ def test_events_stream_initial_state_and_load_unload_cycle(memory):
     assert len(metrics) == 1 and metrics[0][0]["id"] == 1
     sources = {entry["source"] for entry in events.of_type("logData")}
     assert sources == {"proxy", "upstream"}
+    inflight = events.of_type("inflight")  # the chat request came and went
+    assert [update["operation"] for update in inflight] == ["upsert", "upsert", "remove"]
+    assert inflight[0]["request"]["model"] == "m" and inflight[0]["request"]["req_path"] == "/v1/chat/completions"
     subscribers = server.service.bus.subscriber_count
     events.transport.stopProducing()
     server.advance(0.01)
