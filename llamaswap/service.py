@@ -130,8 +130,9 @@ class LlamaswapService(MultiService):
         )
         keys = KeyCheck(lambda: self.config.api_keys, self.routes.knows)
         root = RootResource(self.routes.resource(), self.routes.fast_routes(), refuse=keys.refuse)
-        self.site = LlamaswapSite(root, self.logs.proxy, clock=reactor, backlog=self.backlog)
-        self.site.telemetry = self.telemetry
+        self.site = LlamaswapSite(
+            root, self.logs.proxy, clock=reactor, backlog=self.backlog, telemetry=self.telemetry
+        )
         self.http: ListeningService | None = None
         if listen is not None:
             self.http = ListeningService(serverFromString(reactor, listen), self.site)

@@ -175,13 +175,20 @@ class LlamaswapSite(server.Site):
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, resource: IResource, proxy_log: ProxyLog, clock=None, backlog: Backlog | None = None):
+    def __init__(
+        self,
+        resource: IResource,
+        proxy_log: ProxyLog,
+        clock=None,
+        backlog: Backlog | None = None,
+        telemetry=None,
+    ):
         clock = clock if clock is not None else default_reactor
         super().__init__(resource, reactor=clock)
         self.proxy_log = proxy_log
         self.clock = clock
         self.backlog = backlog if backlog is not None else Backlog(clock)
-        self.telemetry = None  # llamaswap.observe.prometheus.Telemetry, once there is one
+        self.telemetry = telemetry  # llamaswap.observe.prometheus.Telemetry: counts relayed requests
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)

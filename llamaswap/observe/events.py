@@ -132,6 +132,16 @@ class EventBus(Service):
     def subscriber_count(self) -> int:
         return len(self._subscriptions)
 
+    def listening(self, kind: type) -> bool:
+        """
+        Whether anyone would receive an event of C{kind} (so that building
+        one nobody reads can be skipped).
+        """
+        return any(
+            subscription.active and (not subscription.types or issubclass(kind, subscription.types))
+            for subscription in self._subscriptions
+        )
+
     def publish(self, event: object) -> None:
         for subscription in list(self._subscriptions):
             if subscription.active and subscription.wants(event):

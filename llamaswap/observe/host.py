@@ -10,6 +10,7 @@ so the reactor never waits for it) and the last hour is kept.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections import deque
@@ -256,8 +257,13 @@ def _microseconds(when: float) -> int:
     return second * 1_000_000 + int((when - second) * 1_000_000)
 
 
+@functools.lru_cache(maxsize=1)
+def _nvidia_smi_path() -> str | None:
+    return shutil.which("nvidia-smi")  # looked up once, not every sample
+
+
 def _nvidia_smi() -> Deferred | None:
-    tool = shutil.which("nvidia-smi")
+    tool = _nvidia_smi_path()
     if tool is None:
         return None
     arguments = [f"--query-gpu={','.join(NVIDIA_FIELDS)}", "--format=csv,noheader,nounits"]

@@ -70,11 +70,11 @@ class Entry:
     model: str
     path: str
     method: str
-    request_headers: dict[str, str]
+    request_headers: Any  # the request's Headers, shown (redacted) only when asked for
     remote_ip: str
     metadata: dict[str, str]
     cancel: Callable[[], None]
-    response_headers: dict[str, str] = field(factory=dict)
+    response_headers: list = field(factory=list)  # (name, value) pairs as the server sent them
     response_bytes: int = 0
     last_published: float = 0.0
     pending: Any = None  # the delayed call of a coming bytes update
@@ -86,9 +86,11 @@ class Entry:
             "model": self.model,
             "req_path": self.path,
             "method": self.method,
-            "req_headers": self.request_headers,
+            "req_headers": header_map(
+                (name, values[0]) for name, values in self.request_headers.getAllRawHeaders() if values
+            ),
             "remote_ip": self.remote_ip,
-            "resp_headers": self.response_headers,
+            "resp_headers": header_map(self.response_headers),
             "resp_bytes": self.response_bytes,
             "elapsed_ms": max(0, int((now - self.started) * 1000)),
         }
@@ -125,9 +127,7 @@ class InFlight:
             model=model,
             path=path if path is not None else request.path.decode("utf-8", "replace"),
             method=request.method.decode("latin-1"),
-            request_headers=header_map(
-                (name, values[0]) for name, values in request.requestHeaders.getAllRawHeaders() if values
-            ),
+            request_headers=request.requestHeaders,
             remote_ip=remote,
             metadata=dict(metadata or {}),
             cancel=cancel,
@@ -141,10 +141,11 @@ class InFlight:
             return
         if entry.pending is not None and entry.pending.active():
             entry.pending.cancel()
-        self._bus.publish(InFlightUpdate("remove", id=entry.id))
+        if self._bus.listening(InFlightUpdate):
+            self._bus.publish(InFlightUpdate("remove", id=entry.id))
 
     def response_started(self, entry: Entry, head: ResponseHead) -> None:
-        entry.response_headers = header_map(head.raw_headers)
+        entry.response_headers = head.raw_headers
         self._upsert(entry)
 
     def response_bytes(self, entry: Entry, count: int) -> None:
@@ -164,7 +165,8 @@ class InFlight:
 
     def _upsert(self, entry: Entry) -> None:
         entry.last_published = self._clock.seconds()
-        self._bus.publish(InFlightUpdate("upsert", request=entry.to_json(self._wall_clock())))
+        if self._bus.listening(InFlightUpdate):  # most of the time, no UI is open
+            self._bus.publish(InFlightUpdate("upsert", request=entry.to_json(self._wall_clock())))
 
     def cancel(self, entry_id: str) -> bool:
         entry = self._entries.get(entry_id)

@@ -36,8 +36,14 @@ def _document(fake, request, body) -> dict | bytes:
     return document
 
 
-def _text(fake, count: int) -> list[str]:
-    return [f"{fake.respond}-{index} " for index in range(count)]
+def _generation(fake, request, body, document) -> tuple[str, int, int, list[str]]:
+    """
+    What a "generated" answer is made of: the model named, the number of
+    pieces (C{chunks}, default 10), the prompt's size in tokens, the pieces.
+    """
+    chunks = int(fake._float(request, document, "chunks", 10))
+    pieces = [f"{fake.respond}-{index} " for index in range(chunks)]
+    return document.get("model", fake.respond), chunks, max(1, len(body) // 16), pieces
 
 
 def _sse(event: str, payload: dict) -> bytes:
@@ -58,9 +64,7 @@ def responses(fake, request, body):
     document = _document(fake, request, body)
     if isinstance(document, bytes):
         return document
-    model = document.get("model", fake.respond)
-    chunks = int(fake._float(request, document, "chunks", 10))
-    input_tokens = max(1, len(body) // 16)
+    model, chunks, input_tokens, pieces = _generation(fake, request, body, document)
     usage = {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": 2},
@@ -68,7 +72,6 @@ def responses(fake, request, body):
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input_tokens + chunks,
     }
-    pieces = _text(fake, chunks)
     message_id = f"msg_fake{fake.requests}"
     created = int(fake.clock.seconds())
 
@@ -131,10 +134,7 @@ def messages(fake, request, body):
     document = _document(fake, request, body)
     if isinstance(document, bytes):
         return document
-    model = document.get("model", fake.respond)
-    chunks = int(fake._float(request, document, "chunks", 10))
-    input_tokens = max(1, len(body) // 16)
-    pieces = _text(fake, chunks)
+    model, chunks, input_tokens, pieces = _generation(fake, request, body, document)
     message = {
         "id": f"msg_fake{fake.requests}",
         "type": "message",

@@ -14,6 +14,7 @@ from twisted.internet.defer import gatherResults
 
 from llamaswap.observe.events import LogData, ProcessStateChanged
 from tests.helpers import fake, json_of, sleep
+from tests.models.test_manager import GROUPS
 
 
 def alive(pid: int) -> bool:
@@ -186,35 +187,6 @@ def test_environment_is_inherited_plus_model_env(llamaswap, monkeypatch):
     env = (yield json_of((yield server.get("/upstream/plain/env"))))["env"]
     assert env["LLAMASWAP_TEST_INHERITED"] == "from-parent"
     assert "CUDA_VISIBLE_DEVICES" not in env or env["CUDA_VISIBLE_DEVICES"] == os.environ.get("CUDA_VISIBLE_DEVICES")
-
-
-GROUPS = f"""
-models:
-  a:
-    cmd: {fake("a")}
-  b:
-    cmd: {fake("b")}
-  x:
-    cmd: {fake("x")}
-  y:
-    cmd: {fake("y")}
-  p:
-    cmd: {fake("p")}
-groups:
-  swapping:
-    swap: true
-    exclusive: true
-    members: [a, b]
-  together:
-    swap: false
-    exclusive: false
-    members: [x, y]
-  forever:
-    swap: false
-    exclusive: false
-    persistent: true
-    members: [p]
-"""
 
 
 @pytest_twisted.inlineCallbacks

@@ -203,3 +203,17 @@ def test_events_stream_ends_on_shutdown(memory):
     server.advance(0.01)
     assert events.ended
     assert events.messages
+
+
+def test_the_bus_says_whether_anyone_listens_for_a_kind():
+    from llamaswap.observe.events import EventBus, LogData, ProfileChanged
+
+    bus = EventBus()
+    assert not bus.listening(LogData)
+    subscription = bus.subscribe(lambda event: None, LogData)
+    assert bus.listening(LogData) and not bus.listening(ProfileChanged)
+    everything = bus.subscribe(lambda event: None)
+    assert bus.listening(ProfileChanged)
+    subscription.cancel()
+    everything.cancel()
+    assert not bus.listening(LogData)
