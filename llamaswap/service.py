@@ -22,13 +22,16 @@ from llamaswap.http.site import LlamaswapSite, RootResource
 from llamaswap.models.manager import ModelManager
 from llamaswap.models.process import ModelProcess
 from llamaswap.models.readiness import PROBE_CONNECT_TIMEOUT, Probes, connect_probe, http_probe
+from llamaswap.observe.activity import ActivityLog
 from llamaswap.observe.backlog import Backlog
+from llamaswap.observe.captures import Captures
 from llamaswap.observe.events import ConfigFileChanged, EventBus, ProfileChanged
 from llamaswap.observe.host import HostSampler
 from llamaswap.observe.inflight import InFlight
 from llamaswap.observe.logs import Logs
 from llamaswap.observe.metrics import MetricsStore
 from llamaswap.observe.prometheus import Telemetry
+from llamaswap.observe.store import Database
 from llamaswap.routing.names import Names
 from llamaswap.routing.profiles import Profiles
 from llamaswap.routing.selectors import Selectors
@@ -106,8 +109,19 @@ class LlamaswapService(MultiService):
         self.host = HostSampler(reactor, config.performance_every, config.performance_disabled)
         self.host.setServiceParent(self)
         self.inflight = InFlight(self.bus, reactor)
+        self.activity = ActivityLog(
+            Database(config.store_path),  # StoreError if the file cannot be used
+            Captures(config.capture_buffer_mb),
+            self.metrics,
+            self.bus,
+            reactor,
+            self.backlog,
+            keep=config.metrics_max_in_memory,
+            warn=self.logs.proxy.warn,
+            debug=self.logs.proxy.debug,
+        )
         self.gateway = Gateway(
-            self.manager, self.client, self.metrics, self.logs.proxy, reactor, self.backlog, self.inflight
+            self.manager, self.client, self.activity, self.logs.proxy, reactor, self.backlog, self.inflight
         )
         self.telemetry = Telemetry(
             self.bus, reactor.seconds, self.host, self.manager.states, self.gateway.waiting_by_model
@@ -123,6 +137,7 @@ class LlamaswapService(MultiService):
             logs=self.logs,
             bus=self.bus,
             metrics=self.metrics,
+            activity=self.activity,
             static_dir=static_directory(),
             telemetry=self.telemetry,
             host=self.host,
@@ -209,6 +224,9 @@ class LlamaswapService(MultiService):
         self.logs.send_to_stdout(config.log_to_stdout)
         self.logs.forget_models(config.models)
         self.metrics.resize(config.metrics_max_in_memory)
+        self.activity.reconfigure(config.metrics_max_in_memory, config.capture_buffer_mb)
+        if config.store_path != self.activity.database.path:
+            self.logs.proxy.warn("store.path changed: the new activity database is used after a restart")
         self.host.reconfigure(config.performance_every, config.performance_disabled)
         kept = len(config.models) - len(added) - len(changed)
         self.logs.proxy.info(
@@ -227,6 +245,6 @@ class LlamaswapService(MultiService):
             for client in (self.client, self.probe_client):
                 if client is not None:
                     client.close()
-            return result
+            return self.activity.close().addBoth(lambda _: result)
 
         return stopping.addBoth(close_connections)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import socket
+import threading
+import time
 
 import psutil
 import pytest
@@ -263,3 +265,60 @@ def test_constant_memory_while_streaming_a_50mb_sse_response(llamaswap):
     assert peak[0] - before < 30 * 1024 * 1024, f"grew by {(peak[0] - before) >> 20} MB"
     yield sleep(0.05)  # recorded once the answer is on its way
     assert server.service.metrics.all()[-1].output_tokens == 800
+
+
+def anonymous_memory() -> int:
+    """
+    This process's private (not file-backed) resident memory: a spooled
+    upload mapped from its temporary file does not count, a copy would.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_50mb_image_upload_is_relayed_from_the_spool(llamaswap, tmp_path):
+    server = llamaswap(CONFIG)
+    yield server.chat("m")
+    boundary = "llamaswap-upload"
+    upload = tmp_path / "upload.bin"
+    with open(upload, "wb") as handle:
+        handle.write(f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n'.encode())
+        handle.write(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'.encode())
+        handle.write(b"Content-Type: image/png\r\n\r\n")
+        for _ in range(50):
+            handle.write(b"\x89PNG" * (256 * 1024))  # 1 MB
+        handle.write(f"\r\n--{boundary}--\r\n".encode())
+    before = anonymous_memory()
+    peak = [before]
+    sampling = threading.Event()
+
+    def sample():  # on a thread: a copy made and dropped within one reactor turn still shows
+        while not sampling.is_set():
+            peak[0] = max(peak[0], anonymous_memory())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with open(upload, "rb") as body:
+            response = yield server.post(
+                "/v1/images/edits", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+            )
+            document = yield json_of(response)
+    finally:
+        sampling.set()
+        sampler.join()
+    assert response.code == 200 and document["responder"] == "m" and len(document["data"]) == 1
+    assert peak[0] - before < 20 * 1024 * 1024, f"grew by {(peak[0] - before) >> 20} MB"
+    # without a model, the same upload is refused with a clear error
+    with open(upload, "rb") as body:
+        data = body.read().replace(b'name="model"', b'name="prompt"', 1)
+    response = yield server.post(
+        "/v1/images/edits", data=data, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert response.code == 400
+    assert (yield json_of(response))["error"]["message"] == "missing or invalid 'model' parameter in form data"

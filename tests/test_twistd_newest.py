@@ -412,3 +412,54 @@ def test_the_newest_endpoints_through_twistd(twistd, tmp_path):
     families = {family.name for family in text_string_to_metric_families(body.decode())}
     assert {"llamaswap_requests", "llamaswap_tokens", "llamaswap_cpu_util_percent", "llamaswap_model_state"} <= families
     assert call(port, "GET", "/metrics")[0] == 401
+
+
+def test_activity_survives_a_restart_and_captures_are_served(twistd, tmp_path):
+    port = free_port()
+    database = tmp_path / "activity.sqlite"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"startPort: {free_port_range(2)}\napiKeys: [sk-local]\nstore:\n  path: {database}\n"
+        + model_yaml(chat="chat")
+    )
+    process = twistd("-c", str(config), "--listen", f"127.0.0.1:{port}")
+    wait_ready(port, process)
+    assert chat(port, "chat", key="sk-local")[0] == 200
+    status, _ = call(port, "POST", "/v1/chat/completions?fail=503", json.dumps({"model": "chat"}).encode(), "sk-local")
+    assert status == 503
+
+    def listed() -> dict:
+        status, body = call(port, "GET", "/api/metrics/activity", key="sk-local")
+        assert status == 200, body
+        return json.loads(body)
+
+    eventually(lambda: listed()["total"] == 2)
+    failed, succeeded = listed()["data"]
+    assert (failed["resp_status_code"], failed["error_msg"]) == (503, "fake failure 503")
+    assert succeeded["has_capture"] and succeeded["tokens"]["output_tokens"] == 10
+    status, body = call(port, "GET", f"/api/captures/{succeeded['id']}", key="sk-local")
+    captured = json.loads(body)
+    assert status == 200 and captured["req_headers"]["Authorization"] == "[REDACTED]"
+    assert b"sk-local" not in body and b"sk-local" not in database.read_bytes()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == -signal.SIGTERM  # twistd ends as the signal asked
+    restarted = twistd("-c", str(config), "--listen", f"127.0.0.1:{port}")
+    wait_ready(port, restarted)
+    assert [entry["id"] for entry in listed()["data"]] == [2, 1]  # kept; captures were in memory only
+    assert not any(entry["has_capture"] for entry in listed()["data"])
+    assert chat(port, "chat", key="sk-local")[0] == 200
+    eventually(lambda: listed()["total"] == 3)
+    status, body = call(port, "GET", "/api/metrics/stats", key="sk-local")
+    assert status == 200 and json.loads(body)["total_requests"] == 3
+
+
+def test_an_unusable_activity_database_stops_the_start(twistd, tmp_path):
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"not a database at all " * 100)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store:\n  path: {corrupt}\n" + model_yaml(chat="chat"))
+    process = twistd("-c", str(config), "--listen", f"127.0.0.1:{free_port()}")
+    assert process.wait(30) == 1
+    text = output(process)
+    assert "error opening the activity database" in text and "corrupt.sqlite cannot be used" in text
+    assert "Traceback" not in text

@@ -63,6 +63,7 @@ def error_response(request, code: int, message: str, error_code: str | None = No
     C{text/html}, and the JSON error envelope otherwise.
     """
     request.setResponseCode(code)
+    request.error_message = message  # for the activity log
     accept = request.getHeader(b"accept") or b""
     if b"text/plain" in accept:
         return sized(request, message.encode("utf-8"), b"text/plain; charset=utf-8")

@@ -6,6 +6,10 @@ streamed from the spool with flow control, never read whole into memory.
 
 from __future__ import annotations
 
+import io
+import mmap
+from contextlib import contextmanager
+
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -100,3 +104,27 @@ def spooled_body(content) -> FileProducer | None:
     length = content.tell()
     content.seek(0)
     return FileProducer(content, length) if length else None
+
+
+@contextmanager
+def spooled_view(content):
+    """
+    A spooled request body to search and slice like C{bytes} without
+    reading it into memory: a read-only map of Twisted's temporary file,
+    or the bytes of a small body Twisted kept in memory.
+    """
+    if content is None:
+        yield b""
+        return
+    if isinstance(content, io.BytesIO):
+        yield content.getvalue()
+        return
+    content.seek(0, 2)
+    if not content.tell():
+        yield b""
+        return
+    view = mmap.mmap(content.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        yield view
+    finally:
+        view.close()

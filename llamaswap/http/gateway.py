@@ -29,10 +29,10 @@ from llamaswap.http.loading import LoadingStream
 from llamaswap.http.proxy import ReverseProxyResource
 from llamaswap.models.manager import ModelManager
 from llamaswap.models.process import ProcessShutdown, StartFailed
+from llamaswap.observe.activity import ActivityLog, ActivityObserver
 from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.inflight import Entry, InFlight, InFlightObserver
 from llamaswap.observe.logs import ProxyLog
-from llamaswap.observe.metrics import MetricsObserver, MetricsStore
 from llamaswap.routing.scheduler import Lease, ShuttingDown, TooManyRequests
 
 CANCELLED = "request cancelled"
@@ -45,6 +45,7 @@ class _Cancel:
     """
 
     entry: Entry | None = None
+    activity: ActivityObserver | None = None
 
     def __init__(self) -> None:
         self.waiting: Deferred | None = None
@@ -64,7 +65,7 @@ class Gateway:
         self,
         models: ModelManager,
         client: UpstreamClient,
-        metrics: MetricsStore,
+        activity: ActivityLog,
         log: ProxyLog,
         clock,
         backlog: Backlog,
@@ -73,7 +74,7 @@ class Gateway:
         self.inflight = inflight
         self.models = models
         self.client = client
-        self.metrics = metrics
+        self.activity = activity
         self.log = log
         self.clock = clock
         self.backlog = backlog
@@ -91,11 +92,15 @@ class Gateway:
         self._waiting[model_id] -= 1
         return result
 
-    def _track(self, request: Request, name: str, path: bytes | None, track: bool) -> _Cancel:
+    def _track(self, request: Request, name: str, path: bytes | None, track: bool, body=None) -> _Cancel:
         """
-        List the request among the in-flight ones until its answer is over.
+        List the request among the in-flight ones until its answer is over,
+        and have the activity log follow a metered one (a model-routed
+        POST).
         """
         cancel = _Cancel()
+        if track and request.method == b"POST":
+            cancel.activity = self.activity.observe(request, name, body, path)
         if track and self.inflight is not None:
             shown = None if path is None else path.split(b"?", 1)[0].decode("utf-8", "replace")
             entry = cancel.entry = self.inflight.add(request, name, cancel, path=shown)
@@ -104,9 +109,8 @@ class Gateway:
 
     def _observers(self, request: Request, name: str, cancel: _Cancel) -> tuple:
         observers = []
-        metrics = self._observer(request, name)
-        if metrics is not None:
-            observers.append(metrics)
+        if cancel.activity is not None:
+            observers.append(cancel.activity)
         if cancel.entry is not None:
             observers.append(InFlightObserver(self.inflight, cancel.entry))
         return tuple(observers)
@@ -146,10 +150,10 @@ class Gateway:
         if on_done is not None:
             request.notifyFinish().addBoth(lambda _: on_done())
         request.metrics_model = model_id
+        cancel = self._track(request, model_id, path, track and upgrade is None, body)
         try:
             lease = self.models.use_now(model_id)
             if lease is not None:
-                cancel = self._track(request, model_id, path, track and upgrade is None)
                 return self._relay(request, model_id, lease, body, path, False, upgrade, cancel)
             waiting = self.models.use(model_id)
         except TooManyRequests:
@@ -163,7 +167,6 @@ class Gateway:
         queued_at = self.clock.seconds()
         self._waiting[model_id] = self._waiting.get(model_id, 0) + 1
         waiting.addBoth(self._done_waiting, model_id)
-        cancel = self._track(request, model_id, path, track and upgrade is None)
         cancel.waiting = waiting
 
         def ready(lease: Lease):
@@ -210,7 +213,7 @@ class Gateway:
         if on_done is not None:
             request.notifyFinish().addBoth(lambda _: on_done())
         name = request.metrics_model = metrics_name or peer.id
-        cancel = self._track(request, name, path, track and upgrade is None)
+        cancel = self._track(request, name, path, track and upgrade is None, body)
         set_headers = ()
         if peer.api_key:
             key = peer.api_key.encode("latin-1")
@@ -264,18 +267,6 @@ class Gateway:
         message = f"error starting model {model_id}: {failure.value}"
         self.log.error(message)
         return 502, message
-
-    def _observer(self, request: Request, name: str) -> MetricsObserver | None:
-        if request.method != b"POST":
-            return None
-        return MetricsObserver(
-            self.metrics,
-            name,
-            self.clock.seconds,
-            warn=self.log.debug,
-            path=request.path.decode("latin-1"),
-            backlog=self.backlog,
-        )
 
     def _relay(
         self, request: Request, model_id: str, lease: Lease, body, path, headers_sent: bool, upgrade, cancel: _Cancel

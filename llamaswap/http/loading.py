@@ -105,6 +105,7 @@ class LoadingStream:
         """
         The model could not start: say why and end the response.
         """
+        self.request.error_message = message  # for the activity log
         if self._stop():
             self._send(f"\nUnable to swap model err: {message}\n")
         if not self.request.finished and not self.request.gone:

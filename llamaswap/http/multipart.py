@@ -37,6 +37,11 @@ def boundary_of(content_type: str) -> str:
 
 
 def parse_fields(body: bytes, boundary: str) -> list[FormField]:
+    """
+    The named parts of a form; C{body} may be anything that finds and
+    slices like C{bytes} (a map of the spooled body, so a large upload is
+    never copied into memory).
+    """
     delimiter = b"--" + boundary.encode("latin-1")
     start = body.find(delimiter)
     if start < 0:
@@ -44,9 +49,9 @@ def parse_fields(body: bytes, boundary: str) -> list[FormField]:
     fields = []
     position = start + len(delimiter)
     while True:
-        if body.startswith(b"--", position):
+        if body[position : position + 2] == b"--":
             return fields  # the closing delimiter
-        if not body.startswith(b"\r\n", position):
+        if body[position : position + 2] != b"\r\n":
             raise InvalidForm("malformed multipart boundary line")
         headers_end = body.find(b"\r\n\r\n", position + 2)
         if headers_end < 0:

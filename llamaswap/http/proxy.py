@@ -298,6 +298,7 @@ class _ProxiedExchange:
         pending, connection = self.pending, self.connection
         self.pending = None
         request = self.request
+        request.error_message = message
         if not (request.startedWriting or self.resource.headers_sent or self.tunnel or self.client_gone):
             send_error(request, 503, message)
             self.finish(False, message, already_finished=True)
@@ -329,12 +330,8 @@ class _ProxiedExchange:
                 request.finish()
             elif self.sse:
                 # Tell a streaming client why its stream stops here.
-                error = {
-                    "error": {
-                        "message": told or f"upstream {self.resource.name} stopped responding: {reason}",
-                        "type": "upstream_error",
-                    }
-                }
+                message = request.error_message = told or f"upstream {self.resource.name} stopped responding: {reason}"
+                error = {"error": {"message": message, "type": "upstream_error"}}
                 request.write(sse_event(error))
                 request.finish()
             elif request.channel is not None:

@@ -16,7 +16,7 @@ from twisted.web.server import Request
 
 from llamaswap.config.records import COMFYUI_MODEL_ID
 from llamaswap.http.answers import error_response, json_response, sized
-from llamaswap.http.bodies import spooled_body
+from llamaswap.http.bodies import spooled_body, spooled_view
 from llamaswap.http.gateway import Gateway
 from llamaswap.http.jsonbody import InvalidBody, parse_request_body
 from llamaswap.http.listing import find_model_in_path, ignored_path, model_listing
@@ -31,6 +31,7 @@ from llamaswap.http.proxy import is_websocket, upgrade_requested
 from llamaswap.http.streams import LOG_SOURCES, stream_events, stream_logs
 from llamaswap.http.ui import UIFiles
 from llamaswap.models.manager import ModelManager
+from llamaswap.observe.activity import ActivityLog, parse_query
 from llamaswap.observe.events import EventBus
 from llamaswap.observe.host import HostSampler
 from llamaswap.observe.logs import Logs
@@ -138,6 +139,7 @@ class Routes:
         logs: Logs,
         bus: EventBus,
         metrics: MetricsStore,
+        activity: ActivityLog,
         static_dir: FilePath,
         telemetry: Telemetry | None = None,
         host: HostSampler | None = None,
@@ -154,6 +156,7 @@ class Routes:
         self.logs = logs
         self.bus = bus
         self.metrics = metrics
+        self.activity = activity
         self.ui_files = UIFiles(static_dir)
 
     def resource(self):
@@ -255,18 +258,20 @@ class Routes:
         A multipart POST whose model is its C{model} field (transcriptions,
         image edits).
         """
-        body = _read_body(request)
-        try:
-            content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
-            fields = parse_fields(body, boundary_of(content_type))
-        except InvalidForm as error:
-            return error_response(request, 400, f"error parsing multipart form: {error}")
-        requested = form_value(body, fields, "model")
-        if not requested:
-            return error_response(request, 400, "missing or invalid 'model' parameter in form data")
-        return self._forward_renamed(
-            request, requested, lambda name: (replace_value(body, fields, "model", name) if name else body, None)
-        )
+        with spooled_view(request.content) as body:
+            try:
+                content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
+                fields = parse_fields(body, boundary_of(content_type))
+            except InvalidForm as error:
+                return error_response(request, 400, f"error parsing multipart form: {error}")
+            requested = form_value(body, fields, "model")
+            if not requested:
+                return error_response(request, 400, "missing or invalid 'model' parameter in form data")
+            return self._forward_renamed(
+                request,
+                requested,
+                lambda name: (replace_value(body, fields, "model", name) if name else spooled_body(request.content), None),
+            )
 
     def query_inference(self, request: Request):
         """
@@ -434,6 +439,44 @@ class Routes:
     def api_metrics(self, request):
         self.gateway.backlog.run()  # what finished before this request, included
         return sized(request, self.metrics.to_json(), b"application/json")
+
+    @app.route("/api/metrics/activity", methods=["GET"])
+    def api_activity(self, request):
+        try:
+            query = parse_query(request.args)
+        except ValueError as error:
+            return error_response(request, 400, str(error))
+        self.gateway.backlog.run()
+        listing = self.activity.page(query)
+        return listing.addCallbacks(
+            lambda page: json_response(request, page, charset=False),
+            lambda failure: self._database_failed(request, failure, "failed to get activity"),
+        )
+
+    @app.route("/api/metrics/stats", methods=["GET"])
+    def api_activity_stats(self, request):
+        model = request.args.get(b"model", [b""])[0].decode("utf-8", "replace").strip()
+        self.gateway.backlog.run()
+        return self.activity.stats(model).addCallbacks(
+            lambda stats: json_response(request, stats, charset=False),
+            lambda failure: self._database_failed(request, failure, "failed to get activity stats"),
+        )
+
+    def _database_failed(self, request, failure, message: str) -> bytes:
+        self.logs.proxy.error(f"{message}: {failure.getErrorMessage()}")
+        return error_response(request, 500, message)
+
+    @app.route("/api/captures/<capture_id>", methods=["GET"])
+    def api_capture(self, request, capture_id):
+        try:
+            activity_id = int(capture_id)
+        except ValueError:
+            return error_response(request, 400, "invalid capture ID")
+        self.gateway.backlog.run()
+        document = self.activity.capture(activity_id)
+        if document is None:
+            return error_response(request, 404, "capture not found")
+        return sized(request, document, b"application/json")
 
     @app.route("/metrics", methods=["GET"])
     def prometheus(self, request):

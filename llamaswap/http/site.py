@@ -75,6 +75,7 @@ class LlamaswapRequest(TrackedRequest):
     metrics_model: str | None = None
     waited: float | None = None
     first_byte_at: float | None = None
+    error_message: str | None = None  # what llamaswap told the client went wrong
 
     def __init__(self, channel, queued=None):
         # Bodies are ours to read: no form parsing into request.args (it

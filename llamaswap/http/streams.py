@@ -16,6 +16,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
+from llamaswap.observe.activity import ActivityRecorded
 from llamaswap.observe.events import (
     ConfigFileChanged,
     EventBus,
@@ -116,6 +117,8 @@ def stream_events(
             log_data(event.source, event.data)
         elif isinstance(event, TokenMetricsRecorded):
             envelope("metrics", [event.metrics.to_json()])
+        elif isinstance(event, ActivityRecorded):
+            envelope("activity", {"id": event.id})
         elif isinstance(event, InFlightUpdate):
             envelope("inflight", event.to_json())
         elif isinstance(event, ProfileChanged):
@@ -138,6 +141,7 @@ def stream_events(
         ConfigFileChanged,
         LogData,
         TokenMetricsRecorded,
+        ActivityRecorded,
         InFlightUpdate,
         ProfileChanged,
     )

@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 from attrs import asdict, evolve, frozen
 
-from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.events import EventBus, TokenMetricsRecorded
 from llamaswap.observe.timestamps import rfc3339
 from llamaswap.observe.usage import SSEUsageScanner, Tally, usage_of
@@ -162,10 +161,8 @@ class MetricsObserver:
         clock: Callable[[], float],
         warn: Callable[[str], None] | None = None,
         path: str = "",
-        backlog: Backlog | None = None,
         wall_clock: Callable[[], float] = time.time,
     ):
-        self._backlog = backlog
         self._wall_clock = wall_clock
         self._store = store
         self._model = model
@@ -232,13 +229,15 @@ class MetricsObserver:
     def response_ended(self, complete: bool) -> None:
         if not (self._ok and complete):
             return
-        ended = self._clock()
-        if self._backlog is not None:
-            self._backlog.later(lambda: self._record(ended))
-        else:
-            self._record(ended)
+        self.record(self._clock())
 
-    def _record(self, ended: float) -> None:
+    def record(self, ended: float) -> TokenMetrics | None:
+        """
+        Add the metrics of the answer that ended at C{ended} to the store
+        and return them (C{None} when it said nothing about its cost).
+        """
+        if not self._ok:
+            return None
         duration_ms = round((ended - self._started) * 1000)
         tally = Tally()
         if self._scanner is not None:
@@ -252,5 +251,5 @@ class MetricsObserver:
         if metrics is None:
             if self._warn is not None:
                 self._warn(f"metrics skipped for {self._model}: no usage or timings in the response {self._path}")
-            return
-        self._store.add(metrics)
+            return None
+        return self._store.add(metrics)

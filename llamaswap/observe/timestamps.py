@@ -84,6 +84,14 @@ def rfc3339(when: float) -> str:
     return f"{_second_cache[1]}.{int((when - second) * 1_000_000):06d}Z"
 
 
+def rfc3339_second(when: float) -> str:
+    """
+    C{when} in UTC to the second, as C{2026-11-29T14:03:05Z}.
+    """
+    rfc3339(when)
+    return _second_cache[1] + "Z"
+
+
 def parse_rfc3339(text: str) -> float | None:
     """
     An RFC 3339 timestamp (C{Z} or an offset, optional fraction) as seconds

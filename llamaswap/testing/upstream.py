@@ -20,6 +20,7 @@ inside a C{"fake"} object in a JSON body):
   - C{die_after}: exit the whole server after sending this many chunks
   - C{no_usage}, C{no_timings}: leave usage / timings out
   - C{stream=true}: stream even if the body does not ask for it
+  - C{fail}: answer a completion with this HTTP status and an error body
 """
 
 from __future__ import annotations
@@ -291,6 +292,9 @@ class FakeUpstream(resource.Resource):
         document = self._json(body)
         if not isinstance(document, dict):
             return self._send_json(request, {"error": {"message": "body must be a JSON object"}}, 400)
+        failure = int(self._float(request, document, "fail", 0))
+        if failure:
+            return self._send_json(request, {"error": {"message": f"fake failure {failure}", "type": "server_error"}}, failure)
         model = document.get("model", self.respond)
         stream = document.get("stream") is True or self._param(request, document, "stream") == "true"
         chunks = int(self._float(request, document, "chunks", 10))

@@ -185,6 +185,7 @@ def test_events_stream_initial_state_and_load_unload_cycle(memory):
     assert states == ["starting", "ready", "stopping", "stopped"]
     metrics = events.of_type("metrics")
     assert len(metrics) == 1 and metrics[0][0]["id"] == 1
+    assert events.of_type("activity") == [{"id": 2}]  # the newest llama-swap's announcement
     sources = {entry["source"] for entry in events.of_type("logData")}
     assert sources == {"proxy", "upstream"}
     inflight = events.of_type("inflight")  # the chat request came and went

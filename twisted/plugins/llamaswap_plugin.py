@@ -90,6 +90,7 @@ class LlamaswapServiceMaker:
     def makeService(self, options):
         from llamaswap.config import ConfigError, load_config
         from llamaswap.config.demo import DEMO_NOTICE, demo_config
+        from llamaswap.observe.store import StoreError
         from llamaswap.service import LlamaswapService
 
         notes: tuple[str, ...] = ()
@@ -106,15 +107,19 @@ class LlamaswapServiceMaker:
         except ConfigError as error:
             sys.stderr.write(f"llamaswap: error loading config: {error}\n")
             sys.exit(1)
-        return LlamaswapService(
-            config,
-            listen=options["endpoint"],
-            config_path=path,
-            config_dir=directory,
-            watch_config=options["watch-config"],
-            reload_on_hangup=True,
-            startup_notes=notes,
-        )
+        try:
+            return LlamaswapService(
+                config,
+                listen=options["endpoint"],
+                config_path=path,
+                config_dir=directory,
+                watch_config=options["watch-config"],
+                reload_on_hangup=True,
+                startup_notes=notes,
+            )
+        except StoreError as error:
+            sys.stderr.write(f"llamaswap: error opening the activity database: {error}\n")
+            sys.exit(1)
 
 
 serviceMaker = LlamaswapServiceMaker()
