@@ -38,6 +38,7 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 CPUS = os.cpu_count() or 1
 PIN = CPUS >= 2 and shutil.which("taskset") is not None
 WRK = shutil.which("wrk")
+API_KEY = ""  # --api-key: the proxy requires it and every request sends it
 CHAT_BODY = {"messages": [{"role": "user", "content": "Hello"}]}
 
 
@@ -53,7 +54,8 @@ def free_port() -> int:
 
 def http(url: str, body: dict | None = None, timeout: float = 60) -> bytes:
     data = json.dumps(body).encode() if body is not None else None
-    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout) as answer:
+    headers = {"Authorization": f"Bearer {API_KEY}"} if API_KEY else {}
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=timeout) as answer:
         return answer.read()
 
 
@@ -126,6 +128,8 @@ def wrk(url: str, connections: int, seconds: float, latency: bool = False) -> di
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     body = json.dumps({"model": "m", **CHAT_BODY})
     script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n')
+    if API_KEY:  # sent to the upstream too, so both sides carry the same bytes
+        script.write(f'wrk.headers["Authorization"] = "Bearer {API_KEY}"\n')
     script.close()
     argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name]
     if latency:
@@ -156,6 +160,8 @@ def wrk(url: str, connections: int, seconds: float, latency: bool = False) -> di
 def load_tool(url: str, requests: int, concurrency: int, stream: bool = False, path: str = "/v1/chat/completions") -> dict:
     argv = [PYTHON, "-m", "llamaswap.bench", "--url", url, "--model", "m", "-n", str(requests),
             "-c", str(concurrency), "--json", "--quiet", "--path", path]
+    if API_KEY:
+        argv += ["--api-key", API_KEY]
     if stream:
         argv.append("--stream")
     output = subprocess.run(pinned(1, argv), capture_output=True, text=True)
@@ -191,6 +197,7 @@ def fake_behind_proxy(folder):
     wait_healthy(direct_url + "/health")
     proxy = Proxy(
         f"""
+        apiKeys: {json.dumps([API_KEY] if API_KEY else [])}
         models:
           m:
             cmd: sleep 1000000
@@ -442,7 +449,11 @@ def main() -> int:
     parser.add_argument("--only", choices=["requests", "cold", "swap", "memory"], help="run one group")
     parser.add_argument("--original", metavar="BINARY",
                         help="compare with the Go llama-swap at BINARY (../shared/tools/build-original.sh builds it)")
+    parser.add_argument("--api-key", default="", metavar="KEY",
+                        help="run the request benchmarks with apiKeys: [KEY], every request sending it")
     options = parser.parse_args()
+    global API_KEY
+    API_KEY = options.api_key
     rows: list[tuple] = []
     with tempfile.TemporaryDirectory() as folder:
         if options.original:

@@ -81,6 +81,9 @@ class LoadRun:
         if options.stream:
             body["stream"] = True
         self.body = json.dumps(body).encode()
+        self.headers = Headers({b"content-type": [b"application/json"]})
+        if options.api_key:
+            self.headers.addRawHeader(b"authorization", b"Bearer " + options.api_key.encode())
         self.statuses: Counter = Counter()
         self.errors: Counter = Counter()
         self.latencies: list[float] = []
@@ -100,7 +103,7 @@ class LoadRun:
             response = yield self.agent.request(
                 b"POST",
                 self.url,
-                Headers({b"content-type": [b"application/json"]}),
+                self.headers,
                 BytesProducer(self.body),
             )
             timed = _Timed(started, self.clock)
@@ -194,6 +197,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--body", default="", help="JSON request body (model is filled in)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--api-key", default="", help="sent as Authorization: Bearer <key>")
     options = parser.parse_args(argv)
     if options.requests < 1 or options.concurrency < 1:
         parser.error("-n and -c must be at least 1")

@@ -29,7 +29,6 @@ from llamaswap.observe.events import ConfigFileChanged, EventBus, ProfileChanged
 from llamaswap.observe.host import HostSampler
 from llamaswap.observe.inflight import InFlight
 from llamaswap.observe.logs import Logs
-from llamaswap.observe.metrics import MetricsStore
 from llamaswap.observe.prometheus import Telemetry
 from llamaswap.observe.store import Database
 from llamaswap.routing.names import Names
@@ -87,7 +86,6 @@ class LlamaswapService(MultiService):
         self.bus = EventBus()
         self.bus.setServiceParent(self)
         self.logs = Logs(self.bus, config.log_level, config.log_time_format, config.log_to_stdout)
-        self.metrics = MetricsStore(self.bus, config.metrics_max_in_memory)
         self.client = UpstreamClient(reactor, endpoints)
         self.probe_client: UpstreamClient | None = None
         if probe is None:
@@ -112,7 +110,6 @@ class LlamaswapService(MultiService):
         self.activity = ActivityLog(
             Database(config.store_path),  # StoreError if the file cannot be used
             Captures(config.capture_buffer_mb),
-            self.metrics,
             self.bus,
             reactor,
             self.backlog,
@@ -136,7 +133,6 @@ class LlamaswapService(MultiService):
             gateway=self.gateway,
             logs=self.logs,
             bus=self.bus,
-            metrics=self.metrics,
             activity=self.activity,
             static_dir=static_directory(),
             telemetry=self.telemetry,
@@ -223,7 +219,6 @@ class LlamaswapService(MultiService):
         self.logs.proxy.configure(config.log_level, config.log_time_format)
         self.logs.send_to_stdout(config.log_to_stdout)
         self.logs.forget_models(config.models)
-        self.metrics.resize(config.metrics_max_in_memory)
         self.activity.reconfigure(config.metrics_max_in_memory, config.capture_buffer_mb)
         if config.store_path != self.activity.database.path:
             self.logs.proxy.warn("store.path changed: the new activity database is used after a restart")

@@ -264,7 +264,7 @@ def test_constant_memory_while_streaming_a_50mb_sse_response(llamaswap):
     assert b"data: [DONE]" in received["tail"]
     assert peak[0] - before < 30 * 1024 * 1024, f"grew by {(peak[0] - before) >> 20} MB"
     yield sleep(0.05)  # recorded once the answer is on its way
-    assert server.service.metrics.all()[-1].output_tokens == 800
+    assert server.service.activity.metrics()[-1]["output_tokens"] == 800
 
 
 def anonymous_memory() -> int:

@@ -99,13 +99,21 @@ class Gateway:
         POST).
         """
         cancel = _Cancel()
-        if track and request.method == b"POST":
+        if not track:
+            return cancel
+        if request.method == b"POST":
             cancel.activity = self.activity.observe(request, name, body, path)
-        if track and self.inflight is not None:
+        if self.inflight is not None:
             shown = None if path is None else path.split(b"?", 1)[0].decode("utf-8", "replace")
-            entry = cancel.entry = self.inflight.add(request, name, cancel, path=shown)
-            request.notifyFinish().addBoth(lambda _: self.inflight.remove(entry))
+            cancel.entry = self.inflight.add(request, name, cancel, path=shown)
+        request.notifyFinish().addBoth(self._finished, cancel)
         return cancel
+
+    def _finished(self, result, cancel: _Cancel) -> None:
+        if cancel.entry is not None:
+            self.inflight.remove(cancel.entry)
+        if cancel.activity is not None:
+            cancel.activity.finished(result)
 
     def _observers(self, request: Request, name: str, cancel: _Cancel) -> tuple:
         observers = []

@@ -35,7 +35,6 @@ from llamaswap.observe.activity import ActivityLog, parse_query
 from llamaswap.observe.events import EventBus
 from llamaswap.observe.host import HostSampler
 from llamaswap.observe.logs import Logs
-from llamaswap.observe.metrics import MetricsStore
 from llamaswap.observe.prometheus import CONTENT_TYPE as PROMETHEUS_TYPE
 from llamaswap.observe.prometheus import Telemetry
 from llamaswap.observe.timestamps import parse_rfc3339
@@ -138,7 +137,6 @@ class Routes:
         gateway: Gateway,
         logs: Logs,
         bus: EventBus,
-        metrics: MetricsStore,
         activity: ActivityLog,
         static_dir: FilePath,
         telemetry: Telemetry | None = None,
@@ -155,7 +153,6 @@ class Routes:
         self.gateway = gateway
         self.logs = logs
         self.bus = bus
-        self.metrics = metrics
         self.activity = activity
         self.ui_files = UIFiles(static_dir)
 
@@ -438,7 +435,7 @@ class Routes:
     @app.route("/api/metrics", methods=["GET"])
     def api_metrics(self, request):
         self.gateway.backlog.run()  # what finished before this request, included
-        return sized(request, self.metrics.to_json(), b"application/json")
+        return sized(request, json.dumps(self.activity.metrics()).encode(), b"application/json")
 
     @app.route("/api/metrics/activity", methods=["GET"])
     def api_activity(self, request):
@@ -551,7 +548,7 @@ class Routes:
             request,
             self.logs,
             self.bus,
-            self.metrics,
+            self.activity,
             self.models.statuses,
             inflight=self.gateway.inflight,
             ui_config=lambda: {"activity": {"session_id": list(config.session_id_headers)}},

@@ -16,18 +16,18 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
-from llamaswap.observe.activity import ActivityRecorded
+from llamaswap.observe.activity import ActivityLog
 from llamaswap.observe.events import (
+    ActivityRecorded,
     ConfigFileChanged,
     EventBus,
     LogData,
     ProcessStateChanged,
     ProfileChanged,
-    TokenMetricsRecorded,
 )
 from llamaswap.observe.inflight import InFlight, InFlightUpdate
 from llamaswap.observe.logs import Logs
-from llamaswap.observe.metrics import MetricsStore
+from llamaswap.observe.metrics import metrics_document
 from llamaswap.protocols.sse import sse_event
 from llamaswap.protocols.streaming import BoundedStream
 
@@ -84,7 +84,7 @@ def stream_events(
     request: Request,
     logs: Logs,
     bus: EventBus,
-    metrics: MetricsStore,
+    activity: ActivityLog,
     statuses: Callable[[], list[dict[str, Any]]],
     inflight: InFlight | None = None,
     ui_config: Callable[[], dict] = dict,
@@ -115,10 +115,11 @@ def stream_events(
             envelope("modelStatus", statuses())
         elif isinstance(event, LogData):
             log_data(event.source, event.data)
-        elif isinstance(event, TokenMetricsRecorded):
-            envelope("metrics", [event.metrics.to_json()])
         elif isinstance(event, ActivityRecorded):
             envelope("activity", {"id": event.id})
+            document = metrics_document(event.id, event.row)
+            if document is not None:  # for the Nov-2025 UI
+                envelope("metrics", [document])
         elif isinstance(event, InFlightUpdate):
             envelope("inflight", event.to_json())
         elif isinstance(event, ProfileChanged):
@@ -128,7 +129,7 @@ def stream_events(
     log_data("proxy", logs.proxy_monitor.history())
     log_data("upstream", logs.upstream.history())
     envelope("modelStatus", statuses())
-    envelope("metrics", [item.to_json() for item in metrics.all()])
+    envelope("metrics", activity.metrics())
     envelope("uiConfig", ui_config())
     envelope("profileChanged", {"active": active_profile()})
     if inflight is not None:
@@ -140,7 +141,6 @@ def stream_events(
         ProcessStateChanged,
         ConfigFileChanged,
         LogData,
-        TokenMetricsRecorded,
         ActivityRecorded,
         InFlightUpdate,
         ProfileChanged,

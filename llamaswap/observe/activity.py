@@ -17,10 +17,10 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections import deque
 from http import HTTPStatus
 from typing import Any, Callable
 
-from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
@@ -34,35 +34,21 @@ from llamaswap.observe.captures import (
     REQUEST_HEADERS,
     RESPONSE_BODY,
     RESPONSE_HEADERS,
+    Capture,
     Captures,
-    capture_document,
-    compress,
+    header_pairs,
     kept_for,
-    redacted_headers,
-    response_header_map,
 )
-from llamaswap.observe.events import EventBus
-from llamaswap.observe.metrics import MetricsObserver, MetricsStore, TokenMetrics
+from llamaswap.observe.events import ActivityRecorded, EventBus
+from llamaswap.observe.metrics import MetricsObserver, TokenMetrics, listed, metrics_document
 from llamaswap.observe.timestamps import parse_rfc3339
 from llamaswap.protocols.client import ResponseHead
 
 # A failed answer's body is read for its error message up to this size.
 ERROR_BODY_LIMIT = 64 * 1024
 ERROR_MESSAGE_LIMIT = 500
-# Captures up to this size are compressed at once; larger ones on a thread.
-COMPRESS_INLINE_LIMIT = 64 * 1024
 # Status of a request whose client left before any answer (nginx's code).
 CLIENT_GONE = 499
-
-
-@frozen
-class ActivityRecorded:
-    """
-    A new activity entry was written (C{/api/events} announces its id).
-    """
-
-    id: int
-    model: str
 
 
 def _ids(args: dict[bytes, list[bytes]], name: str) -> int:
@@ -175,8 +161,6 @@ class ActivityLog:
     The activity entries and captures of one running llamaswap.
 
     @param database: where entries are written and read.
-    @param metrics: the older token-metrics list (C{/api/metrics}), fed
-        from the same observation.
     @param keep: how many rows an in-memory database keeps.
     """
 
@@ -184,7 +168,6 @@ class ActivityLog:
         self,
         database: store.Database,
         captures: Captures,
-        metrics: MetricsStore,
         bus: EventBus | None,
         clock,
         backlog: Backlog,
@@ -195,7 +178,6 @@ class ActivityLog:
     ):
         self.database = database
         self.captures = captures
-        self.metrics = metrics
         self.bus = bus
         self.clock = clock
         self.backlog = backlog
@@ -203,66 +185,90 @@ class ActivityLog:
         self.warn = warn
         self.debug = debug
         self.wall_clock = wall_clock
-        self._queue: list[tuple[tuple, bytes | None, str]] = []
+        self._next_id = database.last_id + 1
+        # Rows not yet written.  An in-memory database is written only when
+        # somebody reads it (the newest rows up to keep wait here, so
+        # serving a request costs an append); a file, in batches on its
+        # thread as they come.
+        self._pending: deque[tuple] = deque(maxlen=keep if database.in_memory else None)
+        # The newest entries /api/metrics lists (in its Nov-2025 shape).
+        self._metrics: deque[tuple[int, tuple]] = deque(maxlen=keep)
+        self._threads = clock if IReactorThreads.providedBy(clock) else None  # for compressing large captures
         self._writing = False
+        self._write_soon = False
         self._waiters: list[Deferred] = []
         self._closed = False
 
     def observe(self, request: Request, model: str, body: Any, endpoint: bytes | None = None) -> ActivityObserver:
         """
         Follow C{request} (for C{model}; C{body} is what is sent on) until
-        its answer is over, then record it.
+        its answer is over (the caller says when: L{ActivityObserver.finished}),
+        then record it.
         """
         return ActivityObserver(self, request, model, body, endpoint)
 
     # ------------------------------------------------------------ writing
 
-    def record(self, row: tuple, capture: bytes | None, model: str) -> None:
+    def record(self, row: tuple, capture: Capture | None, model: str) -> int:
         """
-        Write one entry (values in L{store.COLUMNS} order) and keep its
-        capture (an uncompressed capture document), if any.
+        Add one entry (values in L{store.COLUMNS} order) and keep its
+        capture, if any; return its id.
         """
-        threads = self.clock if IReactorThreads.providedBy(self.clock) else None
-        if capture is None or len(capture) <= COMPRESS_INLINE_LIMIT or threads is None:
-            self._enqueue(row, None if capture is None else compress(capture), model, capture)
-            return
-        compressing = deferToThreadPool(threads, threads.getThreadPool(), compress, capture)
-        compressing.addCallbacks(
-            lambda compressed: self._enqueue(row, compressed, model, capture),
-            lambda failure: self._enqueue(row, None, model, capture),
-        )
-
-    def _enqueue(self, row: tuple, compressed: bytes | None, model: str, capture: bytes | None) -> None:
-        if capture is not None:
-            self.captures.release(len(capture))
         if self._closed:
+            return -1
+        activity_id = self._next_id
+        self._next_id += 1
+        self._pending.append((activity_id, *row))
+        if capture is not None:
+            self._keep_capture(activity_id, capture)
+        if listed(row):
+            self._metrics.append((activity_id, row))
+        if self.bus is not None and self.bus.listening(ActivityRecorded):
+            self.bus.publish(ActivityRecorded(activity_id, model, row))
+        if not (self.database.in_memory or self._writing or self._write_soon):
+            self._write_soon = True
+            self.clock.callLater(0, self._write)
+        return activity_id
+
+    def _keep_capture(self, activity_id: int, capture: Capture) -> None:
+        reserved = capture.size
+        threads = self._threads
+        if threads is None or not capture.worth_compressing():
+            self.captures.release(reserved)
+            self.captures.add(activity_id, capture)
             return
-        self._queue.append((row, compressed, model))
-        if not self._writing:
-            self._write()
+
+        def compressed(smaller: Capture) -> None:
+            self.captures.release(reserved)
+            self.captures.add(activity_id, smaller)
+
+        def failed(failure: Failure) -> None:
+            self.captures.release(reserved)
+            if self.warn is not None:
+                self.warn(f"capture {activity_id} not kept: {failure.getErrorMessage()}")
+
+        compressing = deferToThreadPool(threads, threads.getThreadPool(), capture.compress)
+        compressing.addCallbacks(compressed, failed)
 
     def _write(self) -> None:
-        batch, self._queue = self._queue, []
+        self._write_soon = False
+        if self._writing or not self._pending:
+            return
+        rows = list(self._pending)
+        self._pending.clear()
         self._writing = True
         keep = self.keep if self.database.in_memory else 0
-        writing = self.database.run(store.insert, [row for row, _, _ in batch], keep)
-        writing.addCallbacks(self._written, self._not_written, (batch,))
-        writing.addBoth(self._next)
+        writing = self.database.run(store.insert, rows, keep)
+        writing.addErrback(self._not_written, len(rows))
+        writing.addBoth(self._written)
 
-    def _written(self, ids: list[int], batch) -> None:
-        for activity_id, (_, compressed, model) in zip(ids, batch):
-            if compressed is not None:
-                self.captures.add(activity_id, compressed)
-            if self.bus is not None:
-                self.bus.publish(ActivityRecorded(activity_id, model))
-
-    def _not_written(self, failure: Failure) -> None:
+    def _not_written(self, failure: Failure, count: int) -> None:
         if self.warn is not None:
-            self.warn(f"activity not recorded: {failure.getErrorMessage()}")
+            self.warn(f"{count} activity entries not recorded: {failure.getErrorMessage()}")
 
-    def _next(self, _) -> None:
+    def _written(self, _) -> None:
         self._writing = False
-        if self._queue:
+        if self._pending:
             self._write()
             return
         waiters, self._waiters = self._waiters, []
@@ -271,10 +277,12 @@ class ActivityLog:
 
     def _settled(self) -> Deferred:
         """
-        Fires once every entry queued so far is written, so a listing
+        Fires once every entry recorded so far is written, so a listing
         includes what finished before it was asked for.
         """
-        if not (self._writing or self._queue):
+        if self._pending and not self._writing:
+            self._write()
+        if not (self._writing or self._pending):
             return succeed(None)
         waiter: Deferred = Deferred()
         self._waiters.append(waiter)
@@ -299,12 +307,23 @@ class ActivityLog:
     def stats(self, model: str = "") -> Deferred:
         return self._settled().addCallback(lambda _: self.database.run(store.stats, model))
 
+    def metrics(self) -> list[dict]:
+        """
+        The newest successful entries that said what they cost, oldest
+        first, as C{GET /api/metrics} has always listed them.
+        """
+        return [metrics_document(activity_id, row) for activity_id, row in self._metrics]
+
     def capture(self, activity_id: int) -> bytes | None:
         return self.captures.get(activity_id)
 
     # ------------------------------------------------------------ life
 
     def reconfigure(self, keep: int, capture_megabytes: int) -> None:
+        if keep != self.keep:
+            self._metrics = deque(self._metrics, maxlen=keep)
+            if self.database.in_memory:
+                self._pending = deque(self._pending, maxlen=keep)
         self.keep = keep
         self.captures.resize(capture_megabytes)
 
@@ -328,16 +347,17 @@ class ActivityObserver:
         self._request = request
         self._model = model
         self._path = request.path.decode("utf-8", "replace")
-        self._tokens = MetricsObserver(log.metrics, model, log.clock.seconds, warn=log.debug, path=self._path)
+        self._tokens = MetricsObserver(model, log.clock.seconds, warn=log.debug, path=self._path)
         self._started = log.clock.seconds()
         self._head: ResponseHead | None = None
         self._complete = False
         self._client_gone = False
+        self._ended = self._finished_at = self._started
         self._error_body: list[bytes] | None = None
         self._error_size = 0
         self._kept = 0
         self._reserved = 0
-        self._request_headers: dict[str, str] | None = None
+        self._request_headers: tuple | None = None
         self._request_body: bytes | None = None
         self._response_body: list[bytes] | None = None
         captures = log.captures
@@ -345,14 +365,13 @@ class ActivityObserver:
             endpoint_path = (endpoint or request.path).split(b"?", 1)[0].decode("utf-8", "replace")
             self._kept = kept_for(endpoint_path)
             if self._kept & REQUEST_HEADERS:
-                self._request_headers = redacted_headers(request.requestHeaders)
+                self._request_headers = header_pairs(request.requestHeaders)
             if self._kept & REQUEST_BODY:
                 data = body if isinstance(body, bytes) else None
                 if data is None and isinstance(request.content, io.BytesIO):
                     data = request.content.getvalue()
                 if data is not None and self._reserve(len(data)):
                     self._request_body = data
-        request.notifyFinish().addBoth(self._finished)
 
     def _reserve(self, size: int) -> bool:
         if self._log.captures.reserve(size):
@@ -372,16 +391,15 @@ class ActivityObserver:
 
     def data_received(self, data: bytes) -> None:
         self._tokens.data_received(data)
-        if self._error_body is not None:
-            if self._error_size < ERROR_BODY_LIMIT:
-                self._error_body.append(data[: ERROR_BODY_LIMIT - self._error_size])
-                self._error_size += len(data)
-        elif self._response_body is not None:
+        if self._response_body is not None:
             if self._reserve(len(data)):
                 self._response_body.append(data)
             else:
                 self._response_body = None  # too large to keep
                 self._kept = 0
+        elif self._error_body is not None and self._error_size < ERROR_BODY_LIMIT:
+            self._error_body.append(data[: ERROR_BODY_LIMIT - self._error_size])
+            self._error_size += len(data)
 
     def response_ended(self, complete: bool) -> None:
         self._complete = complete
@@ -389,7 +407,11 @@ class ActivityObserver:
 
     # the end
 
-    def _finished(self, result) -> None:
+    def finished(self, result) -> None:
+        """
+        The request is over (C{result} is a failure if the client went
+        away first).
+        """
         if isinstance(result, Failure):
             self._client_gone = True
         self._finished_at = self._log.clock.seconds()
@@ -404,6 +426,8 @@ class ActivityObserver:
         if head is not None:
             status = head.code
             content_type = (head.header(b"content-type") or b"").decode("latin-1")
+            if status == 200 and self._complete and not told:
+                return status, content_type, ""  # the usual case
         elif request.startedWriting or request.finished:
             status = request.code
             content_type = (request.responseHeaders.getRawHeaders(b"content-type") or [b""])[0].decode("latin-1")
@@ -427,13 +451,17 @@ class ActivityObserver:
 
     def _record(self) -> None:
         status, content_type, error = self._outcome()
-        metrics: TokenMetrics | None = None
-        if status == 200 and self._head is not None and self._complete and not error:
-            metrics = self._tokens.record(self._ended)
         duration_ms = round((self._finished_at - self._started) * 1000)
+        metrics: TokenMetrics | None = None
+        if not error and status == 200 and self._head is not None:
+            metrics = self._tokens.result(self._ended)
         if metrics is not None:
-            duration_ms = max(duration_ms, metrics.duration_ms)
-            tokens = (
+            row = (
+                int(self._log.wall_clock()),
+                self._model,
+                self._path,
+                content_type,
+                status,
                 metrics.cache_tokens,
                 metrics.draft_tokens,
                 metrics.draft_acc_tokens,
@@ -441,43 +469,41 @@ class ActivityObserver:
                 metrics.output_tokens,
                 metrics.prompt_per_second,
                 metrics.tokens_per_second,
+                max(duration_ms, metrics.duration_ms),
+                "",
+                "",
             )
         else:
-            tokens = (0, 0, 0, 0, 0, 0.0, 0.0)
-        row = (
-            int(self._log.wall_clock()),
-            self._model,
-            self._path,
-            content_type,
-            status,
-            *tokens,
-            duration_ms,
-            error,
-            "",
-        )
+            row = (int(self._log.wall_clock()), self._model, self._path, content_type, status,
+                   0, 0, 0, 0, 0, 0.0, 0.0, duration_ms, error, "")  # fmt: skip
         self._log.record(row, self._capture(status), self._model)
 
-    def _capture(self, status: int) -> bytes | None:
+    def _capture(self, status: int) -> Capture | None:
+        """
+        The capture to keep (its reservation now covers the whole of it),
+        or C{None}.
+        """
         kept = self._kept
+        captures = self._log.captures
+        captures.release(self._reserved)
         if not kept:
-            self._log.captures.release(self._reserved)
             return None
         if status != 200:
             kept &= ~RESPONSE_BODY  # why it failed is in the entry's error message
-        request = self._request
         response_headers = None
         if kept & RESPONSE_HEADERS:
             if self._head is not None:
-                response_headers = response_header_map(self._head.raw_headers)
+                response_headers = tuple(self._head.raw_headers)
             else:
-                response_headers = response_header_map(redacted_headers(request.responseHeaders).items())
-        document = capture_document(
+                response_headers = header_pairs(self._request.responseHeaders)
+        response_body = None
+        if kept & RESPONSE_BODY and self._response_body is not None:
+            response_body = b"".join(self._response_body)
+        capture = Capture(
             self._path,
             self._request_headers,
             self._request_body if kept & REQUEST_BODY else None,
             response_headers,
-            b"".join(self._response_body) if kept & RESPONSE_BODY and self._response_body is not None else None,
+            response_body,
         )
-        # from here the reservation covers the document until it is compressed
-        self._log.captures.release(self._reserved)
-        return document if self._log.captures.reserve(len(document)) else None
+        return capture if captures.reserve(capture.size) else None

@@ -3,13 +3,17 @@ Captures: the request and answer of recent metered requests, kept so an
 operator can see exactly what a client sent and what the model answered
 (C{GET /api/captures/<activity id>}).
 
-They live in memory only, compressed, in a ring of C{captureBuffer} MB: the
-oldest go first.  Captures still being assembled (an answer streaming in)
-draw on a second allowance of the same size, so however many requests run
-at once, captures never hold more than twice C{captureBuffer}; a capture
-that does not fit is simply not kept.  Credentials in headers are replaced
-before anything is stored, and the audio and image routes keep only what
-is readable (as the newest llama-swap does).
+They live in memory only, in a ring of C{captureBuffer} MB: the oldest go
+first.  Captures still being assembled (an answer streaming in) draw on a
+second allowance of the same size, so however many requests run at once,
+captures never hold more than twice C{captureBuffer}; a capture that does
+not fit is simply not kept.  Credentials in headers never leave: they are
+replaced whenever a capture is shown, and the audio and image routes keep
+only what is readable (as the newest llama-swap does).
+
+Keeping a capture costs the request almost nothing: the bodies are kept as
+they are (large ones compressed, on a thread) and the JSON document is only
+made when somebody asks for it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import base64
 import json
 import zlib
 from collections import OrderedDict
-from typing import Any
+from typing import NamedTuple
+
+from twisted.web.http_headers import Headers
 
 from llamaswap.observe.inflight import header_map
 
@@ -37,45 +43,98 @@ KEPT_BY_PATH = {
     "/sdapi/v1/img2img": REQUEST_HEADERS | RESPONSE_HEADERS,
 }
 
+# Bodies at least this large are compressed (text shrinks several times);
+# smaller ones would gain little for the work.
+COMPRESS_FROM = 16 * 1024
+# What a capture costs beyond its bodies, roughly: the record and headers.
+OVERHEAD = 2048
+
 
 def kept_for(path: str) -> int:
     return KEPT_BY_PATH.get(path, EVERYTHING)
 
 
-def _body(data: bytes | None) -> str | None:
-    # Bodies are bytes; JSON carries them as base64, as Go encodes []byte.
-    return None if data is None else base64.b64encode(data).decode("ascii")
+def header_pairs(headers: Headers) -> tuple:
+    return tuple((name, values[0]) for name, values in headers.getAllRawHeaders() if values)
 
 
-def capture_document(
-    path: str,
-    request_headers: dict[str, str] | None,
-    request_body: bytes | None,
-    response_headers: dict[str, str] | None,
-    response_body: bytes | None,
-) -> bytes:
+def shown_headers(pairs: tuple | None) -> dict[str, str] | None:
     """
-    A capture's JSON without its leading C{"id"} (added when it is read,
-    since the id is only known once the activity row is written): the
-    newest llama-swap's fields, bodies in base64.
+    Headers as a capture shows them: one value each, credentials replaced,
+    no C{Content-Encoding} (bodies are shown decoded).
     """
-    document = {
-        "req_path": path,
-        "req_headers": request_headers,
-        "req_body": _body(request_body),
-        "resp_headers": response_headers,
-        "resp_body": _body(response_body),
-    }
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))[1:].encode("utf-8")
+    if pairs is None:
+        return None
+    shown = header_map(pairs)
+    for name in [name for name in shown if name.lower() == "content-encoding"]:
+        del shown[name]
+    return shown
 
 
-def compress(document: bytes) -> bytes:
-    return zlib.compress(document, 6)
+class Capture(NamedTuple):
+    """
+    One exchange as kept: headers as raw C{(name, value)} pairs (made
+    presentable, with credentials replaced, only when shown), bodies as
+    bytes (zlib-compressed when C{compressed}), C{None} where left out.
+
+    The ring keeps it as a plain tuple: thousands of captures stay in
+    memory, and the garbage collector stops tracking a plain tuple of
+    bytes and strings (not a subclass of tuple), where tracked objects
+    would make every full collection walk them all.
+    """
+
+    path: str
+    request_headers: tuple | None
+    request_body: bytes | None
+    response_headers: tuple | None
+    response_body: bytes | None
+    compressed: bool = False
+
+    @property
+    def size(self) -> int:
+        return OVERHEAD + len(self.request_body or b"") + len(self.response_body or b"")
+
+    def worth_compressing(self) -> bool:
+        return not self.compressed and len(self.request_body or b"") + len(self.response_body or b"") >= COMPRESS_FROM
+
+    def compress(self) -> Capture:
+        """
+        The same capture with its bodies compressed (run on a thread: zlib
+        lets go of the interpreter while it works).
+        """
+
+        def shrink(body: bytes | None) -> bytes | None:
+            return None if body is None else zlib.compress(body, 6)
+
+        return self._replace(
+            request_body=shrink(self.request_body), response_body=shrink(self.response_body), compressed=True
+        )
+
+    def to_json(self, activity_id: int) -> bytes:
+        """
+        The newest llama-swap's document: bodies in base64, as Go encodes
+        bytes.
+        """
+
+        def encoded(body: bytes | None) -> str | None:
+            if body is None:
+                return None
+            return base64.b64encode(zlib.decompress(body) if self.compressed else body).decode("ascii")
+
+        document = {
+            "id": activity_id,
+            "req_path": self.path,
+            "req_headers": shown_headers(self.request_headers),
+            "req_body": encoded(self.request_body),
+            "resp_headers": shown_headers(self.response_headers),
+            "resp_body": encoded(self.response_body),
+        }
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 class Captures:
     def __init__(self, megabytes: int):
-        self._ring: OrderedDict[int, bytes] = OrderedDict()
+        self._ring: OrderedDict[int, tuple[tuple, int]] = OrderedDict()
         self._used = 0
         self._assembling = 0
         self.capacity = 0
@@ -84,6 +143,14 @@ class Captures:
     @property
     def enabled(self) -> bool:
         return self.capacity > 0
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @property
+    def assembling(self) -> int:
+        return self._assembling
 
     def resize(self, megabytes: int) -> None:
         self.capacity = max(0, megabytes) * 1024 * 1024
@@ -107,15 +174,16 @@ class Captures:
 
     def _evict(self, room: int) -> None:
         while self._ring and self._used + room > self.capacity:
-            _, oldest = self._ring.popitem(last=False)
-            self._used -= len(oldest)
+            _, (_, size) = self._ring.popitem(last=False)
+            self._used -= size
 
-    def add(self, activity_id: int, compressed: bytes) -> bool:
-        if len(compressed) > self.capacity:
+    def add(self, activity_id: int, capture: Capture) -> bool:
+        size = capture.size
+        if size > self.capacity:
             return False
-        self._evict(len(compressed))
-        self._ring[activity_id] = compressed
-        self._used += len(compressed)
+        self._evict(size)
+        self._ring[activity_id] = (tuple(capture), size)
+        self._used += size
         return True
 
     def has(self, activity_id: int) -> bool:
@@ -126,26 +194,5 @@ class Captures:
         The capture's JSON document, or C{None} if it is not (or no
         longer) kept.
         """
-        compressed = self._ring.get(activity_id)
-        if compressed is None:
-            return None
-        return b'{"id":%d,' % activity_id + zlib.decompress(compressed)
-
-    @property
-    def used(self) -> int:
-        return self._used
-
-
-def redacted_headers(headers) -> dict[str, str]:
-    """
-    The headers of a Twisted C{Headers} as one value each, credentials
-    replaced.
-    """
-    return header_map((name, value) for name, values in headers.getAllRawHeaders() for value in values)
-
-
-def response_header_map(pairs: Any) -> dict[str, str]:
-    headers = header_map(pairs)
-    for name in [name for name in headers if name.lower() == "content-encoding"]:
-        del headers[name]
-    return headers
+        kept = self._ring.get(activity_id)
+        return None if kept is None else Capture(*kept[0]).to_json(activity_id)

@@ -57,8 +57,16 @@ class LogData:
 
 
 @frozen
-class TokenMetricsRecorded:
-    metrics: Any  # llamaswap.metrics.TokenMetrics
+class ActivityRecorded:
+    """
+    A metered request is over and in the activity log: C{row} holds its
+    values in the activity database's column order (model, status,
+    tokens, ...).
+    """
+
+    id: int
+    model: str
+    row: tuple = ()
 
 
 @frozen
@@ -94,13 +102,11 @@ class Subscription:
         self.on_close = on_close
         self.active = True
 
-    def wants(self, event: object) -> bool:
-        return not self.types or isinstance(event, self.types)
-
     def cancel(self) -> None:
         if self.active:
             self.active = False
             self._bus._subscriptions.remove(self)
+            self._bus._receivers.clear()
 
 
 class EventBus(Service):
@@ -112,6 +118,9 @@ class EventBus(Service):
 
     def __init__(self) -> None:
         self._subscriptions: list[Subscription] = []
+        # who receives each type of event, worked out once per change of
+        # subscriptions (events are published far more often)
+        self._receivers: dict[type, tuple[Subscription, ...]] = {}
 
     def subscribe(
         self,
@@ -126,7 +135,18 @@ class EventBus(Service):
         """
         subscription = Subscription(self, callback, types, on_close)
         self._subscriptions.append(subscription)
+        self._receivers.clear()
         return subscription
+
+    def _receivers_of(self, kind: type) -> tuple[Subscription, ...]:
+        receivers = self._receivers.get(kind)
+        if receivers is None:
+            receivers = self._receivers[kind] = tuple(
+                subscription
+                for subscription in self._subscriptions
+                if not subscription.types or issubclass(kind, subscription.types)
+            )
+        return receivers
 
     @property
     def subscriber_count(self) -> int:
@@ -137,14 +157,11 @@ class EventBus(Service):
         Whether anyone would receive an event of C{kind} (so that building
         one nobody reads can be skipped).
         """
-        return any(
-            subscription.active and (not subscription.types or issubclass(kind, subscription.types))
-            for subscription in self._subscriptions
-        )
+        return bool(self._receivers_of(kind))
 
     def publish(self, event: object) -> None:
-        for subscription in list(self._subscriptions):
-            if subscription.active and subscription.wants(event):
+        for subscription in self._receivers_of(type(event)):
+            if subscription.active:  # not cancelled by an earlier receiver
                 try:
                     subscription.callback(event)
                 except Exception:
@@ -153,6 +170,7 @@ class EventBus(Service):
     def stopService(self) -> None:
         super().stopService()
         subscriptions, self._subscriptions = self._subscriptions, []
+        self._receivers.clear()
         for subscription in subscriptions:
             subscription.active = False
             if subscription.on_close is not None:

@@ -63,33 +63,48 @@ def header_map(pairs) -> dict[str, str]:
     return headers
 
 
+def remote_address(request) -> str:
+    """
+    The client's address: the first hop of C{X-Forwarded-For} (or
+    C{X-Real-IP}) when a reverse proxy is in front, else the peer's.
+    """
+    forwarded = request.getHeader(b"x-forwarded-for") or request.getHeader(b"x-real-ip")
+    if forwarded:
+        return forwarded.split(b",")[0].strip().decode("latin-1")
+    return getattr(request.getClientAddress(), "host", "") or ""
+
+
 @define
 class Entry:
+    """
+    One in-flight request; what is only shown (headers, address) is worked
+    out from the request when somebody looks.
+    """
+
     id: str
     started: float
     model: str
-    path: str
-    method: str
-    request_headers: Any  # the request's Headers, shown (redacted) only when asked for
-    remote_ip: str
-    metadata: dict[str, str]
+    path: str | None  # None: the request's own
+    request: Any
     cancel: Callable[[], None]
+    metadata: dict[str, str] | None = None
     response_headers: list = field(factory=list)  # (name, value) pairs as the server sent them
     response_bytes: int = 0
     last_published: float = 0.0
     pending: Any = None  # the delayed call of a coming bytes update
 
     def to_json(self, now: float) -> dict[str, Any]:
+        request = self.request
         document = {
             "id": self.id,
             "timestamp": rfc3339(self.started),
             "model": self.model,
-            "req_path": self.path,
-            "method": self.method,
+            "req_path": self.path if self.path is not None else request.path.decode("utf-8", "replace"),
+            "method": request.method.decode("latin-1"),
             "req_headers": header_map(
-                (name, values[0]) for name, values in self.request_headers.getAllRawHeaders() if values
+                (name, values[0]) for name, values in request.requestHeaders.getAllRawHeaders() if values
             ),
-            "remote_ip": self.remote_ip,
+            "remote_ip": remote_address(request),
             "resp_headers": header_map(self.response_headers),
             "resp_bytes": self.response_bytes,
             "elapsed_ms": max(0, int((now - self.started) * 1000)),
@@ -116,22 +131,7 @@ class InFlight:
 
     def add(self, request, model: str, cancel: Callable[[], None], path: str | None = None, metadata=None) -> Entry:
         self._next += 1
-        forwarded = request.getHeader(b"x-forwarded-for") or request.getHeader(b"x-real-ip")
-        if forwarded:
-            remote = forwarded.split(b",")[0].strip().decode("latin-1")
-        else:
-            remote = getattr(request.getClientAddress(), "host", "") or ""
-        entry = Entry(
-            id=str(self._next),
-            started=self._wall_clock(),
-            model=model,
-            path=path if path is not None else request.path.decode("utf-8", "replace"),
-            method=request.method.decode("latin-1"),
-            request_headers=request.requestHeaders,
-            remote_ip=remote,
-            metadata=dict(metadata or {}),
-            cancel=cancel,
-        )
+        entry = Entry(str(self._next), self._wall_clock(), model, path, request, cancel, dict(metadata) if metadata else None)
         self._entries[entry.id] = entry
         self._upsert(entry)
         return entry
@@ -150,8 +150,8 @@ class InFlight:
 
     def response_bytes(self, entry: Entry, count: int) -> None:
         entry.response_bytes += count
-        if entry.pending is not None or entry.id not in self._entries:
-            return
+        if entry.pending is not None or not self._bus.listening(InFlightUpdate) or entry.id not in self._entries:
+            return  # an update is due anyway, nobody watches, or it is over
         wait = entry.last_published + UPDATE_INTERVAL - self._clock.seconds()
         if wait <= 0:
             self._upsert(entry)

@@ -12,15 +12,11 @@ JSON answer is kept up to L{MAX_JSON_BODY} bytes.
 
 from __future__ import annotations
 
-import json
-import time
-from collections import deque
 from typing import Any, Callable
 
-from attrs import asdict, evolve, frozen
+from attrs import frozen
 
-from llamaswap.observe.events import EventBus, TokenMetricsRecorded
-from llamaswap.observe.timestamps import rfc3339
+from llamaswap.observe.timestamps import rfc3339_second
 from llamaswap.observe.usage import SSEUsageScanner, Tally, usage_of
 from llamaswap.protocols.client import ResponseHead
 
@@ -29,8 +25,6 @@ MAX_JSON_BODY = 8 * 1024 * 1024
 
 @frozen
 class TokenMetrics:
-    id: int
-    timestamp: str
     model: str
     cache_tokens: int
     input_tokens: int
@@ -41,11 +35,11 @@ class TokenMetrics:
     draft_tokens: int = -1
     draft_acc_tokens: int = -1
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def _number(value: Any, default: float = 0) -> float:
+    kind = value.__class__
+    if kind is int or kind is float:  # nearly always
+        return value
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)):
@@ -56,17 +50,17 @@ def _number(value: Any, default: float = 0) -> float:
         return default
 
 
-def metrics_from(document: Any, model: str, duration_ms: int, timestamp: str) -> TokenMetrics | None:
+def metrics_from(document: Any, model: str, duration_ms: int) -> TokenMetrics | None:
     """
     Metrics from one JSON document (a whole response), or C{None} when it
     carries no usage, timings or metrics.
     """
     tally = Tally()
     tally.add(document)
-    return metrics_of(tally, model, duration_ms, timestamp)
+    return metrics_of(tally, model, duration_ms)
 
 
-def metrics_of(tally: Tally, model: str, duration_ms: int, timestamp: str) -> TokenMetrics | None:
+def metrics_of(tally: Tally, model: str, duration_ms: int) -> TokenMetrics | None:
     """
     Metrics from what an answer said it cost (C{None} if it said nothing),
     by the newest llama-swap's rules: tokens from the usage; llama.cpp's
@@ -104,8 +98,6 @@ def metrics_of(tally: Tally, model: str, duration_ms: int, timestamp: str) -> To
     if gap_ms > 0:
         tokens_per_second = 1000 / gap_ms
     return TokenMetrics(
-        id=-1,
-        timestamp=timestamp,
         model=model,
         cache_tokens=cached,
         input_tokens=input_tokens,
@@ -118,53 +110,50 @@ def metrics_of(tally: Tally, model: str, duration_ms: int, timestamp: str) -> To
     )
 
 
-class MetricsStore:
+def listed(row: tuple) -> bool:
     """
-    The newest C{limit} metrics, with sequential ids; each new one is
-    published on the bus.
+    Whether C{GET /api/metrics} lists an activity row (values in the
+    activity database's column order): it succeeded and said what it cost.
     """
+    return row[4] == 200 and not row[13] and bool(row[8] or row[9])
 
-    def __init__(self, bus: EventBus | None, limit: int = 1000):
-        self._bus = bus
-        self._items: deque[TokenMetrics] = deque(maxlen=max(1, limit))
-        self._next_id = 0
 
-    def add(self, metrics: TokenMetrics) -> TokenMetrics:
-        metrics = evolve(metrics, id=self._next_id)
-        self._next_id += 1
-        self._items.append(metrics)
-        if self._bus is not None:
-            self._bus.publish(TokenMetricsRecorded(metrics))
-        return metrics
-
-    def resize(self, limit: int) -> None:
-        if limit != self._items.maxlen:
-            self._items = deque(self._items, maxlen=max(1, limit))
-
-    def all(self) -> list[TokenMetrics]:
-        return list(self._items)
-
-    def to_json(self) -> bytes:
-        return json.dumps([item.to_json() for item in self._items]).encode()
+def metrics_document(activity_id: int, row: tuple) -> dict[str, Any] | None:
+    """
+    An activity row in the Nov-2025 shape of C{GET /api/metrics}, or
+    C{None} for one it does not list.
+    """
+    if not listed(row):
+        return None
+    (created, model, _, _, _, cached, drafted, accepted, prompt, generated, prompt_speed, speed, duration, _, _) = row
+    return {
+        "id": activity_id,
+        "timestamp": rfc3339_second(created),
+        "model": model,
+        "cache_tokens": cached,
+        "input_tokens": prompt,
+        "output_tokens": generated,
+        "prompt_per_second": prompt_speed,
+        "tokens_per_second": speed,
+        "duration_ms": duration,
+        "draft_tokens": drafted,
+        "draft_acc_tokens": accepted,
+    }
 
 
 class MetricsObserver:
     """
-    Watches one proxied inference response and records its metrics if it
-    succeeded.
+    Watches one proxied inference response and works out, once it is over,
+    what it cost (L{result}).
     """
 
     def __init__(
         self,
-        store: MetricsStore,
         model: str,
         clock: Callable[[], float],
         warn: Callable[[str], None] | None = None,
         path: str = "",
-        wall_clock: Callable[[], float] = time.time,
     ):
-        self._wall_clock = wall_clock
-        self._store = store
         self._model = model
         self._clock = clock
         self._warn = warn
@@ -215,8 +204,6 @@ class MetricsObserver:
         generated = self._scanner.generated_events
         span = (self._last_generated or 0) - (self._first_generated or 0)
         return TokenMetrics(
-            id=-1,
-            timestamp=rfc3339(self._wall_clock()),
             model=self._model,
             cache_tokens=-1,
             input_tokens=-1,
@@ -226,15 +213,10 @@ class MetricsObserver:
             duration_ms=duration_ms,
         )
 
-    def response_ended(self, complete: bool) -> None:
-        if not (self._ok and complete):
-            return
-        self.record(self._clock())
-
-    def record(self, ended: float) -> TokenMetrics | None:
+    def result(self, ended: float) -> TokenMetrics | None:
         """
-        Add the metrics of the answer that ended at C{ended} to the store
-        and return them (C{None} when it said nothing about its cost).
+        The metrics of the answer that ended at C{ended} (C{None} when it
+        failed or said nothing about its cost).
         """
         if not self._ok:
             return None
@@ -245,11 +227,10 @@ class MetricsObserver:
             tally = self._scanner.tally
         elif self._body:
             tally.add(usage_of(b"".join(self._body)))
-        metrics = metrics_of(tally, self._model, duration_ms, rfc3339(self._wall_clock()))
+        metrics = metrics_of(tally, self._model, duration_ms)
         if metrics is None and self._scanner is not None and self._scanner.generated_events:
             metrics = self._derived(duration_ms)
         if metrics is None:
             if self._warn is not None:
                 self._warn(f"metrics skipped for {self._model}: no usage or timings in the response {self._path}")
-            return None
-        return self._store.add(metrics)
+        return metrics

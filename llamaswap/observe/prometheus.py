@@ -10,18 +10,21 @@ stopped to make room for another, each model's state, the queue, tokens
 and generation speed.
 
 Counting happens after each answer is on its way (the access-log backlog)
-or on the event bus, never on a request's path.
+or on the event bus, never on a request's path, and in plain numbers:
+C{prometheus_client} renders them (and the live gauges) when scraped.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from llamaswap.observe.events import EventBus, ModelEvicted, ProcessStateChanged, TokenMetricsRecorded
+from llamaswap.observe.events import ActivityRecorded, EventBus, ModelEvicted, ProcessStateChanged
 from llamaswap.observe.host import HostSampler
+from llamaswap.observe.metrics import listed
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 MEGABYTE = 1024 * 1024
@@ -29,6 +32,61 @@ STATES = ("stopped", "starting", "ready", "stopping", "shutdown")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 LOAD_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 SPEED_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
+
+
+class _Counters:
+    """
+    Counters by label values, kept as plain numbers and turned into a
+    family only when scraped: counting costs a dictionary update, where
+    C{prometheus_client}'s own metrics take a lock per increment.
+    """
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]):
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0) + amount
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, value in sorted(self.values.items()):
+            family.add_metric(labels, value)
+        return family
+
+
+class _Histograms:
+    """
+    Histograms by label values: a count per bucket and a sum, cumulated
+    when scraped.
+    """
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]):
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.bounds = buckets
+        self.series: dict[tuple[str, ...], list[float]] = {}  # counts per bucket (the last: +Inf), then the sum
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = [0] * (len(self.bounds) + 2)
+        series[bisect_left(self.bounds, value)] += 1
+        series[-1] += value
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, series in sorted(self.series.items()):
+            cumulated, buckets = 0, []
+            for bound, count in zip((*(str(float(bound)) for bound in self.bounds), "+Inf"), series):
+                cumulated += count
+                buckets.append((bound, cumulated))
+            family.add_metric(labels, buckets, sum_value=series[-1])
+        return family
 
 
 class Telemetry:
@@ -49,54 +107,40 @@ class Telemetry:
     ):
         self.clock = clock
         self.host = host
-        self.registry = registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "llamaswap_requests", "Requests relayed, by model and HTTP status", ["model", "status"], registry=registry
-        )
-        self.duration = Histogram(
+        self.requests = _Counters("llamaswap_requests", "Requests relayed, by model and HTTP status", ("model", "status"))
+        self.duration = _Histograms(
             "llamaswap_request_duration_seconds",
             "Time from a request's arrival to the end of its answer",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            ("model",),
+            LATENCY_BUCKETS,
         )
-        self.first_byte = Histogram(
+        self.first_byte = _Histograms(
             "llamaswap_time_to_first_byte_seconds",
             "Time from a request's arrival to the start of its answer (model loading included)",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            ("model",),
+            LATENCY_BUCKETS,
         )
-        self.queue_wait = Histogram(
-            "llamaswap_queue_wait_seconds",
-            "Time requests waited for their model to be usable",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+        self.queue_wait = _Histograms(
+            "llamaswap_queue_wait_seconds", "Time requests waited for their model to be usable", ("model",), LATENCY_BUCKETS
         )
-        self.load = Histogram(
+        self.load = _Histograms(
             "llamaswap_model_load_duration_seconds",
             "Time from starting a model's server to its being ready",
-            ["model"],
-            buckets=LOAD_BUCKETS,
-            registry=registry,
+            ("model",),
+            LOAD_BUCKETS,
         )
-        self.evictions = Counter(
-            "llamaswap_model_swaps", "Times a model was stopped to make room for another", ["model"], registry=registry
+        self.evictions = _Counters("llamaswap_model_swaps", "Times a model was stopped to make room for another", ("model",))
+        self.tokens = _Counters("llamaswap_tokens", "Tokens processed, by model and kind", ("model", "kind"))
+        self.speed = _Histograms(
+            "llamaswap_generation_tokens_per_second", "Generation speed of each answer", ("model",), SPEED_BUCKETS
         )
-        self.tokens = Counter("llamaswap_tokens", "Tokens processed, by model and kind", ["model", "kind"], registry=registry)
-        self.speed = Histogram(
-            "llamaswap_generation_tokens_per_second",
-            "Generation speed of each answer",
-            ["model"],
-            buckets=SPEED_BUCKETS,
-            registry=registry,
-        )
-        registry.register(_LiveState(states, waiting))
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        self.registry.register(_LiveState(states, waiting))
         if host is not None:
-            registry.register(_HostGauges(host))
+            self.registry.register(_HostGauges(host))
         self._starting: dict[str, float] = {}
-        bus.subscribe(self._on_event, ProcessStateChanged, ModelEvicted, TokenMetricsRecorded)
+        bus.subscribe(self._on_event, ProcessStateChanged, ModelEvicted, ActivityRecorded)
 
     # ------------------------------------------------------------ feeding
 
@@ -104,36 +148,48 @@ class Telemetry:
         """
         One relayed request is over (called from the backlog).
         """
-        self.requests.labels(model, str(status)).inc()
-        self.duration.labels(model).observe(duration)
+        labels = (model,)
+        self.requests.inc((model, str(status)))
+        self.duration.observe(labels, duration)
         if first_byte is not None:
-            self.first_byte.labels(model).observe(first_byte)
+            self.first_byte.observe(labels, first_byte)
         if waited is not None:
-            self.queue_wait.labels(model).observe(waited)
+            self.queue_wait.observe(labels, waited)
 
     def _on_event(self, event) -> None:
         if isinstance(event, ProcessStateChanged):
             if event.new == "starting":
                 self._starting[event.model] = self.clock()
             elif event.new == "ready" and event.model in self._starting:
-                self.load.labels(event.model).observe(self.clock() - self._starting.pop(event.model))
+                self.load.observe((event.model,), self.clock() - self._starting.pop(event.model))
             elif event.new in ("stopped", "shutdown"):
                 self._starting.pop(event.model, None)
         elif isinstance(event, ModelEvicted):
-            self.evictions.labels(event.model).inc()
-        elif isinstance(event, TokenMetricsRecorded):
-            metrics = event.metrics
-            for kind, count in (
-                ("input", metrics.input_tokens),
-                ("output", metrics.output_tokens),
-                ("cached", metrics.cache_tokens),
-            ):
+            self.evictions.inc((event.model,))
+        elif isinstance(event, ActivityRecorded):
+            if not listed(event.row):
+                return
+            (_, model, _, _, _, cached, _, _, prompt, generated, _, speed, _, _, _) = event.row
+            for kind, count in (("input", prompt), ("output", generated), ("cached", cached)):
                 if count > 0:
-                    self.tokens.labels(metrics.model, kind).inc(count)
-            if metrics.tokens_per_second > 0:
-                self.speed.labels(metrics.model).observe(metrics.tokens_per_second)
+                    self.tokens.inc((model, kind), count)
+            if speed > 0:
+                self.speed.observe((model,), speed)
 
     # ------------------------------------------------------------ reading
+
+    def collect(self) -> Iterable:
+        for metric in (
+            self.requests,
+            self.duration,
+            self.first_byte,
+            self.queue_wait,
+            self.load,
+            self.evictions,
+            self.tokens,
+            self.speed,
+        ):
+            yield metric.family()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

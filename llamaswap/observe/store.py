@@ -53,10 +53,14 @@ MIGRATIONS: tuple[str, ...] = (
         error_msg TEXT NOT NULL DEFAULT '',
         metadata_json TEXT NOT NULL DEFAULT ''
     );
-    CREATE INDEX IF NOT EXISTS idx_activity_created_id ON activity (ts_created DESC, id DESC);
-    CREATE INDEX IF NOT EXISTS idx_activity_model_created_id ON activity (model_id, ts_created DESC, id DESC);
     """,
 )
+# A file may hold years of activity; a thousand rows in memory are faster
+# to scan than to keep indexed on every insert.
+FILE_INDEXES = """
+    CREATE INDEX IF NOT EXISTS idx_activity_created_id ON activity (ts_created DESC, id DESC);
+    CREATE INDEX IF NOT EXISTS idx_activity_model_created_id ON activity (model_id, ts_created DESC, id DESC);
+"""
 
 COLUMNS = (
     "ts_created",
@@ -75,7 +79,7 @@ COLUMNS = (
     "error_msg",
     "metadata_json",
 )
-_INSERT = f"INSERT INTO activity ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_INSERT = f"INSERT INTO activity (id, {', '.join(COLUMNS)}) VALUES (?, {', '.join('?' * len(COLUMNS))})"
 _SELECT = f"SELECT id, {', '.join(COLUMNS)} FROM activity"
 
 # The sort keys the API accepts (the UI's column ids) and their columns;
@@ -196,7 +200,7 @@ def _row_document(row: Sequence[Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- statements
 
 
-def migrate(connection: sqlite3.Connection) -> None:
+def migrate(connection: sqlite3.Connection, indexes: bool = True) -> None:
     version = connection.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
         raise StoreError(
@@ -205,23 +209,31 @@ def migrate(connection: sqlite3.Connection) -> None:
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         connection.executescript(script)
         connection.execute(f"PRAGMA user_version = {number}")
+    if indexes:
+        connection.executescript(FILE_INDEXES)
     connection.commit()
 
 
-def insert(connection: sqlite3.Connection, rows: Sequence[tuple], keep: int = 0) -> list[int]:
+def insert(connection: sqlite3.Connection, rows: Sequence[tuple], keep: int = 0) -> None:
     """
-    Add rows (values in L{COLUMNS} order) and return their ids; with
-    C{keep}, only the newest C{keep} rows stay.
+    Add rows (their id, then values in L{COLUMNS} order); with C{keep},
+    only the newest C{keep} rows stay.
     """
-    ids = []
-    cursor = connection.cursor()
-    for row in rows:
-        cursor.execute(_INSERT, row)
-        ids.append(cursor.lastrowid)
+    if not rows:
+        return
+    connection.executemany(_INSERT, rows)
     if keep > 0:
-        # ids only grow, so the newest rows are those above MAX(id) - keep
-        cursor.execute("DELETE FROM activity WHERE id <= (SELECT MAX(id) FROM activity) - ?", (keep,))
-    return ids
+        # ids only grow, so the newest rows are those above the last - keep
+        connection.execute("DELETE FROM activity WHERE id <= ?", (rows[-1][0] - keep,))
+
+
+def last_id(connection: sqlite3.Connection) -> int:
+    """
+    The highest id ever given (rows may have been deleted since).
+    """
+    given = connection.execute("SELECT seq FROM sqlite_sequence WHERE name = 'activity'").fetchone()
+    highest = connection.execute("SELECT COALESCE(MAX(id), 0) FROM activity").fetchone()[0]
+    return max(highest, given[0] if given else 0)
 
 
 def list_page(connection: sqlite3.Connection, query: ActivityQuery) -> dict[str, Any]:
@@ -335,10 +347,11 @@ def _connect(path: str) -> sqlite3.Connection:
     return connection
 
 
-def prepare(path: str) -> None:
+def prepare(path: str) -> int:
     """
     Check, create and migrate the database file now, before anything is
-    served (blocking is fine: the reactor is not running yet).
+    served (blocking is fine: the reactor is not running yet); return the
+    highest id it holds.
     """
     check_path(path)
     try:
@@ -347,6 +360,7 @@ def prepare(path: str) -> None:
             if connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("integrity check failed")
             migrate(connection)
+            return last_id(connection)
         finally:
             connection.close()
     except sqlite3.Error as error:
@@ -368,12 +382,13 @@ class Database:
         self.in_memory = not path
         if self.in_memory:
             self._connection = _connect(":memory:")
-            migrate(self._connection)
+            migrate(self._connection, indexes=False)
             self._pool = None
+            self.last_id = 0
         else:
             from twisted.enterprise import adbapi
 
-            prepare(path)
+            self.last_id = prepare(path)
             # One connection on one thread: SQLite takes one writer anyway,
             # and statements then run in the order they were asked for.
             self._pool = adbapi.ConnectionPool(

@@ -13,7 +13,8 @@ from random import Random
 
 import pytest
 
-from llamaswap.observe.activity import ActivityRecorded, error_message_of, parse_query
+from llamaswap.observe.activity import error_message_of, parse_query
+from llamaswap.observe.events import ActivityRecorded
 from tests.helpers import error_message, fake
 
 CONFIG = f"""
@@ -264,7 +265,7 @@ def test_the_ring_drops_the_oldest_and_skips_what_cannot_fit(memory):
     [big] = activity(server)["data"]
     assert big["has_capture"] is False and big["tokens"]["output_tokens"] == 30
     captures = server.service.activity.captures
-    assert captures.used == 0 and captures._assembling == 0
+    assert captures.used == 0 and captures.assembling == 0
     random = Random(7)
     for _ in range(12):  # ~400 kB each once compressed (the body is sent and echoed): random text does not shrink
         noise = base64.b64encode(random.randbytes(150_000)).decode()
@@ -275,7 +276,7 @@ def test_the_ring_drops_the_oldest_and_skips_what_cannot_fit(memory):
     entries = activity(server, "?limit=100")["data"]
     kept = [entry["id"] for entry in entries if entry["has_capture"]]
     assert 2 <= len(kept) <= 4 and kept == [entry["id"] for entry in entries[: len(kept)]]  # the newest
-    assert captures.used <= captures.capacity and captures._assembling == 0
+    assert captures.used <= captures.capacity and captures.assembling == 0
 
 
 def test_in_memory_activity_is_capped(memory):
@@ -293,7 +294,8 @@ def test_new_entries_are_announced(memory):
     server.service.bus.subscribe(seen.append, ActivityRecorded)
     server.chat("m")
     server.advance(0.01)
-    assert seen == [ActivityRecorded(1, "m")]
+    [event] = seen
+    assert (event.id, event.model, event.row[1], event.row[4]) == (1, "m", "m", 200)
 
 
 def test_error_messages_from_answers():

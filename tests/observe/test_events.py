@@ -184,7 +184,7 @@ def test_events_stream_initial_state_and_load_unload_cycle(memory):
     states = [next(entry["state"] for entry in status if entry["id"] == "m") for status in events.of_type("modelStatus")]
     assert states == ["starting", "ready", "stopping", "stopped"]
     metrics = events.of_type("metrics")
-    assert len(metrics) == 1 and metrics[0][0]["id"] == 1
+    assert len(metrics) == 1 and metrics[0][0]["id"] == 2  # ids are the activity log's
     assert events.of_type("activity") == [{"id": 2}]  # the newest llama-swap's announcement
     sources = {entry["source"] for entry in events.of_type("logData")}
     assert sources == {"proxy", "upstream"}

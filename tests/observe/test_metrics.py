@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 
-from llamaswap.observe.events import EventBus, TokenMetricsRecorded
-from llamaswap.observe.metrics import MetricsObserver, MetricsStore, metrics_from
+from llamaswap.observe.metrics import MetricsObserver, metrics_document, metrics_from
 from llamaswap.observe.usage import SSEUsageScanner, usage_of
 from llamaswap.protocols.client import ResponseHead
 from tests.helpers import fake
 
 
 def test_usage_only():
-    metrics = metrics_from({"usage": {"prompt_tokens": 25, "completion_tokens": 10}}, "m", 123, "t")
+    metrics = metrics_from({"usage": {"prompt_tokens": 25, "completion_tokens": 10}}, "m", 123)
     assert (metrics.input_tokens, metrics.output_tokens, metrics.cache_tokens) == (25, 10, -1)
     assert (metrics.prompt_per_second, metrics.tokens_per_second, metrics.duration_ms) == (-1, -1, 123)
 
@@ -34,39 +33,42 @@ def test_timings_win_over_usage():
             "cache_n": 20,
         },
     }
-    metrics = metrics_from(document, "m", 9, "t")
+    metrics = metrics_from(document, "m", 9)
     assert (metrics.input_tokens, metrics.output_tokens, metrics.cache_tokens) == (100, 50, 20)
     assert (metrics.prompt_per_second, metrics.tokens_per_second, metrics.duration_ms) == (150.5, 25.5, 2000)
 
 
 def test_timings_without_cache_and_missing_fields():
-    metrics = metrics_from({"timings": {"prompt_n": 3, "predicted_n": 4}}, "m", 9, "t")
+    metrics = metrics_from({"timings": {"prompt_n": 3, "predicted_n": 4}}, "m", 9)
     assert metrics.cache_tokens == -1
     assert metrics.prompt_per_second == 0  # present timings, missing field: zero like the original
     assert metrics.duration_ms == 9  # the measured duration, longer than the timings' (none)
 
 
 def test_nothing_to_measure():
-    assert metrics_from({"choices": []}, "m", 1, "t") is None
-    assert metrics_from([1, 2], "m", 1, "t") is None
-    assert metrics_from({"usage": None}, "m", 1, "t") is None
+    assert metrics_from({"choices": []}, "m", 1) is None
+    assert metrics_from([1, 2], "m", 1) is None
+    assert metrics_from({"usage": None}, "m", 1) is None
 
 
-def test_store_ids_and_bound():
-    bus = EventBus()
-    published = []
-    bus.subscribe(published.append, TokenMetricsRecorded)
-    store = MetricsStore(bus, limit=3)
-    template = metrics_from({"usage": {"prompt_tokens": 1}}, "m", 1, "t")
-    for _ in range(5):
-        store.add(template)
-    assert [item.id for item in store.all()] == [2, 3, 4]
-    assert [event.metrics.id for event in published] == [0, 1, 2, 3, 4]
-    assert [item["id"] for item in json.loads(store.to_json())] == [2, 3, 4]
-    assert set(json.loads(store.to_json())[0]) == {
-        "id", "timestamp", "model", "cache_tokens", "input_tokens", "output_tokens",
-        "prompt_per_second", "tokens_per_second", "duration_ms", "draft_tokens", "draft_acc_tokens",
+def test_the_nov_2025_metrics_shape_of_an_activity_row():
+    row = (1_700_000_000, "m", "/v1/chat/completions", "application/json", 200, 3, -1, -1, 7, 5, 10.0, 20.0, 80, "", "")
+    assert metrics_document(9, row) == {
+        "id": 9,
+        "timestamp": "2023-11-14T22:13:20Z",
+        "model": "m",
+        "cache_tokens": 3,
+        "input_tokens": 7,
+        "output_tokens": 5,
+        "prompt_per_second": 10.0,
+        "tokens_per_second": 20.0,
+        "duration_ms": 80,
+        "draft_tokens": -1,
+        "draft_acc_tokens": -1,
     }
+    failed = row[:4] + (500,) + row[5:]
+    silent = row[:8] + (0, 0) + row[10:]
+    assert metrics_document(9, failed) is None and metrics_document(9, silent) is None
 
 
 def test_scanner_finds_the_last_usage_event_across_chunk_boundaries():
@@ -102,7 +104,7 @@ def stream_tally(*events: dict):
 
 def test_responses_usage_streamed_and_not():
     usage = {"input_tokens": 30, "output_tokens": 12, "input_tokens_details": {"cached_tokens": 8}}
-    metrics = metrics_from({"object": "response", "usage": usage}, "m", 5, "t")
+    metrics = metrics_from({"object": "response", "usage": usage}, "m", 5)
     assert (metrics.input_tokens, metrics.output_tokens, metrics.cache_tokens) == (30, 12, 8)
     tally = stream_tally(
         {"type": "response.created", "response": {"usage": None}},
@@ -123,7 +125,7 @@ def test_anthropic_usage_is_merged_over_its_events():
 
 def test_openai_cached_prompt_tokens():
     usage = {"prompt_tokens": 9, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 5}}
-    assert metrics_from({"usage": usage}, "m", 1, "t").cache_tokens == 5
+    assert metrics_from({"usage": usage}, "m", 1).cache_tokens == 5
 
 
 def test_vllm_metrics_give_speeds_and_speculative_decoding():
@@ -135,17 +137,17 @@ def test_vllm_metrics_give_speeds_and_speculative_decoding():
             "speculative_decoding": {"num_draft_tokens": 30, "num_accepted_draft_tokens": 21},
         },
     }
-    metrics = metrics_from(document, "m", 1, "t")
+    metrics = metrics_from(document, "m", 1)
     assert metrics.prompt_per_second == 500.0  # 100 uncached prompt tokens in 0.2 s
     assert metrics.tokens_per_second == 40.0
     assert (metrics.draft_tokens, metrics.draft_acc_tokens) == (30, 21)
     half = {"metrics": {"speculative_decoding": {"num_draft_tokens": 30}}, "usage": {"prompt_tokens": 1}}
-    assert metrics_from(half, "m", 1, "t").draft_tokens == -1  # never from half an object
+    assert metrics_from(half, "m", 1).draft_tokens == -1  # never from half an object
 
 
 def test_llama_cpp_draft_counts():
     timings = {"prompt_n": 5, "predicted_n": 7, "draft_n": 6, "draft_n_accepted": 4}
-    metrics = metrics_from({"timings": timings}, "m", 1, "t")
+    metrics = metrics_from({"timings": timings}, "m", 1)
     assert (metrics.draft_tokens, metrics.draft_acc_tokens) == (6, 4)
 
 
@@ -158,15 +160,14 @@ class Clock:
 
 
 def observe(content_type: bytes, pieces, code=200, clock=None):
-    store = MetricsStore(None)
     clock = clock or Clock()
-    observer = MetricsObserver(store, "m", clock)
+    observer = MetricsObserver("m", clock)
     observer.response_started(ResponseHead(code, b"", [(b"Content-Type", content_type)]))
     for piece in pieces:
         observer.data_received(piece)
     clock.now += 0.25
-    observer.response_ended(True)
-    return store.all()
+    metrics = observer.result(clock.now)
+    return [] if metrics is None else [metrics]
 
 
 def test_observer_plain_json():
@@ -176,8 +177,7 @@ def test_observer_plain_json():
 
 def test_stream_without_usage_derives_what_it_can():
     clock = Clock()
-    store = MetricsStore(None)
-    observer = MetricsObserver(store, "m", clock)
+    observer = MetricsObserver("m", clock)
     observer.response_started(ResponseHead(200, b"", [(b"content-type", b"text/event-stream")]))
     observer.data_received(b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\n')
     for index in range(5):
@@ -186,8 +186,7 @@ def test_stream_without_usage_derives_what_it_can():
     observer.data_received(b'data: {"choices":[{"delta":{"reasoning_content":"hmm"}}]}\n\n')
     observer.data_received(b'data: {"choices":[{"delta":{"content":""},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
     clock.now += 0.05
-    observer.response_ended(True)
-    [metrics] = store.all()
+    metrics = observer.result(clock.now)
     assert metrics.output_tokens == 5
     assert (metrics.input_tokens, metrics.cache_tokens, metrics.prompt_per_second) == (-1, -1, -1)
     assert metrics.tokens_per_second == 10.0  # 4 gaps over 0.4 s
@@ -222,7 +221,7 @@ def test_metrics_of_proxied_responses(memory):
     server.fetch("POST", "/v1/embeddings", json={"model": "m", "input": ["abcdefgh"]})
     server.advance(0.01)  # recorded once the answers are on their way
     metrics = json.loads(server.fetch("GET", "/api/metrics")[1])
-    assert [item["id"] for item in metrics] == [0, 1, 2, 3, 4, 5]
+    assert [item["id"] for item in metrics] == [1, 2, 3, 4, 6, 7]  # activity ids; 5 said nothing
     plain_timed, plain, streamed_timed, streamed, derived, embeddings = metrics
     assert derived["output_tokens"] == 6 and derived["input_tokens"] == -1
     assert derived["tokens_per_second"] == 50.0  # chunks 20 ms apart
@@ -251,7 +250,7 @@ def test_a_finished_request_is_in_the_metrics_asked_for_right_after(memory):
     response = server.run(server.post("/v1/chat/completions", json={"model": "m"}))
     server.run(response.content())
     # the record is still queued behind the answer (no time has passed)...
-    assert server.service.metrics.all() == []
+    assert server.service.activity.metrics() == []
     # ...and a reader asking now still sees it
     records = json.loads(server.fetch("GET", "/api/metrics")[1])
     assert [record["model"] for record in records] == ["m"]

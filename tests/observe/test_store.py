@@ -18,7 +18,7 @@ from llamaswap.observe import store
 from llamaswap.observe.store import ActivityQuery, Database, StoreError
 
 
-def row(model: str = "m", created: int = 1_700_000_000, output: int = 5, speed: float = 50.0, error: str = "") -> tuple:
+def values(model: str = "m", created: int = 1_700_000_000, output: int = 5, speed: float = 50.0, error: str = "") -> tuple:
     return (
         created,
         model,
@@ -38,6 +38,10 @@ def row(model: str = "m", created: int = 1_700_000_000, output: int = 5, speed: 
     )
 
 
+def numbered(*rows: tuple, first: int = 1) -> list[tuple]:
+    return [(number, *row) for number, row in enumerate(rows, start=first)]
+
+
 def memory_connection() -> sqlite3.Connection:
     connection = sqlite3.connect(":memory:")
     store.migrate(connection)
@@ -48,12 +52,13 @@ def test_migrations_set_the_schema_version():
     connection = memory_connection()
     assert connection.execute("PRAGMA user_version").fetchone()[0] == len(store.MIGRATIONS)
     store.migrate(connection)  # again: nothing to do
-    assert store.insert(connection, [row(), row()]) == [1, 2]
+    store.insert(connection, numbered(values(), values()))
+    assert store.last_id(connection) == 2
 
 
 def test_rows_in_the_newest_llama_swaps_shape():
     connection = memory_connection()
-    store.insert(connection, [row(error="boom"), row()])
+    store.insert(connection, numbered(values(error="boom"), values()))
     connection.execute("UPDATE activity SET metadata_json = ? WHERE id = 2", ('{"selector": "fast"}',))
     page = store.list_page(connection, ActivityQuery())
     second, first = page["data"]
@@ -81,7 +86,7 @@ def test_rows_in_the_newest_llama_swaps_shape():
 
 def test_pruning_keeps_the_newest():
     connection = memory_connection()
-    store.insert(connection, [row() for _ in range(10)], keep=4)
+    store.insert(connection, numbered(*[values() for _ in range(10)]), keep=4)
     assert [entry["id"] for entry in store.list_page(connection, ActivityQuery())["data"]] == [10, 9, 8, 7]
 
 
@@ -105,7 +110,10 @@ def test_histogram_bins_and_percentiles():
 
 def test_stats_count_only_reported_speeds():
     connection = memory_connection()
-    store.insert(connection, [row(speed=10.0), row(speed=30.0), row(speed=0.0, output=0), row("x", speed=99.0)])
+    store.insert(
+        connection,
+        numbered(values(speed=10.0), values(speed=30.0), values(speed=0.0, output=0), values("x", speed=99.0)),
+    )
     stats = store.stats(connection, "m")
     assert (stats["total_requests"], stats["total_output_tokens"], stats["total_cache_tokens"]) == (3, 10, 9)
     assert stats["gen_histogram"]["min"] == 10.0 and stats["gen_histogram"]["max"] == 30.0
@@ -150,7 +158,7 @@ def test_a_database_written_by_the_newest_llama_swap_is_read(tmp_path):
     connection = sqlite3.connect(path)
     connection.executescript(store.MIGRATIONS[0])  # its goose migration creates the same table
     connection.execute("CREATE TABLE goose_db_version (id INTEGER PRIMARY KEY, version_id INTEGER, is_applied INTEGER)")
-    connection.execute(f"INSERT INTO activity ({', '.join(store.COLUMNS)}) VALUES ({', '.join('?' * 15)})", row("old"))
+    connection.execute(f"INSERT INTO activity ({', '.join(store.COLUMNS)}) VALUES ({', '.join('?' * 15)})", values("old"))
     connection.commit()
     connection.close()
     store.prepare(str(path))
@@ -169,16 +177,17 @@ def test_a_file_database_is_used_off_the_reactor_thread_and_kept(tmp_path):
         return store.insert(connection, rows)
 
     try:
-        ids = yield database.run(insert, [row(), row("other")])
-        assert ids == [1, 2] and threads[0] is not threading.current_thread()
+        assert database.last_id == 0
+        yield database.run(insert, numbered(values(), values("other")))
+        assert threads[0] is not threading.current_thread()
         with pytest.raises(sqlite3.OperationalError):
             yield database.run(lambda connection: connection.execute("SELECT nothing FROM nowhere"))
     finally:
         database.close()
     again = Database(path)
     try:
+        assert again.last_id == 2
         page = yield again.run(store.list_page, ActivityQuery(models=("other",)))
         assert [entry["id"] for entry in page["data"]] == [2]
-        assert (yield again.run(store.insert, [row()])) == [3]
     finally:
         again.close()
