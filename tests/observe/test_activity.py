@@ -304,3 +304,30 @@ def test_error_messages_from_answers():
     assert error_message_of(b'{"detail": "fastapi"}') == "fastapi"
     assert error_message_of(b'{"message": "x' + b"y" * 600 + b'"}').endswith("...")
     assert error_message_of(b"<html>") == "" and error_message_of(b"[1]") == ""
+
+
+def test_a_compressed_capture_reads_back_the_same():
+    from llamaswap.observe.captures import Capture
+
+    body = json.dumps({"messages": [{"content": "word " * 10_000}]}).encode()
+    capture = Capture("/v1/chat/completions", ((b"Authorization", b"Bearer sk-x"),), body, None, b"answer " * 5000)
+    assert capture.worth_compressing()
+    smaller = capture.compress()
+    assert smaller.compressed and smaller.size < capture.size / 10
+    assert json.loads(smaller.to_json(4)) == json.loads(capture.to_json(4))
+    document = json.loads(smaller.to_json(4))
+    assert document["req_headers"] == {"Authorization": "[REDACTED]"} and decoded(document["req_body"]) == body
+
+
+def test_reloads_resize_the_activity_and_the_captures(memory):
+    server = memory(CONFIG)
+    for _ in range(4):
+        server.chat("m")
+    server.advance(0.01)
+    server.service.activity.reconfigure(2, 0)
+    for _ in range(3):
+        server.chat("m")
+    server.advance(0.01)
+    page = activity(server)
+    assert [entry["id"] for entry in page["data"]] == [7, 6] and not any(entry["has_capture"] for entry in page["data"])
+    assert [entry["id"] for entry in json.loads(server.fetch("GET", "/api/metrics")[1])] == [6, 7]

@@ -7,6 +7,8 @@ thread, never on the reactor's).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sqlite3
 import threading
@@ -189,5 +191,36 @@ def test_a_file_database_is_used_off_the_reactor_thread_and_kept(tmp_path):
         assert again.last_id == 2
         page = yield again.run(store.list_page, ActivityQuery(models=("other",)))
         assert [entry["id"] for entry in page["data"]] == [2]
+    finally:
+        again.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_file_activity_log_writes_in_batches_and_lists_what_was_recorded(tmp_path):
+    from twisted.internet import reactor
+
+    from llamaswap.observe.activity import ActivityLog
+    from llamaswap.observe.backlog import Backlog
+    from llamaswap.observe.captures import Capture, Captures
+    from tests.helpers import sleep
+
+    log = ActivityLog(Database(str(tmp_path / "activity.db")), Captures(5), None, reactor, Backlog(reactor))
+    try:
+        big = Capture("/v1/chat/completions", (), b"x" * 100_000, None, None)
+        ids = [log.record(values(), big if index == 0 else None, "m") for index in range(5)]
+        assert ids == [1, 2, 3, 4, 5]
+        page = yield log.page(ActivityQuery())  # waits for the rows being written
+        assert page["total"] == 5
+        for _ in range(100):  # the large capture is compressed on a thread
+            if log.captures.has(1):
+                break
+            yield sleep(0.01)
+        assert json.loads(log.capture(1))["req_body"] == base64.b64encode(b"x" * 100_000).decode()
+        assert log.captures.used < 10_000 and log.captures.assembling == 0
+    finally:
+        yield log.close()
+    again = Database(str(tmp_path / "activity.db"))
+    try:
+        assert again.last_id == 5
     finally:
         again.close()
