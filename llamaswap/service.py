@@ -121,7 +121,7 @@ class LlamaswapService(MultiService):
             self.manager, self.client, self.activity, self.logs.proxy, reactor, self.backlog, self.inflight
         )
         self.telemetry = Telemetry(
-            self.bus, reactor.seconds, self.host, self.manager.states, self.gateway.waiting_by_model
+            self.bus, reactor.seconds, self.host, self.manager.states, self.manager.scheduler.queued_by_model
         )
         self.profiles = Profiles(config, lambda active: self.bus.publish(ProfileChanged(active)))
         self.selectors = Selectors(config, self.manager.state_of)

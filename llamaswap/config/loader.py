@@ -44,6 +44,7 @@ from llamaswap.config.records import (
     ModelConfig,
     PeerConfig,
     ProfileConfig,
+    QueueSettings,
     SelectorConfig,
     Timeouts,
     resolve_peer_model,
@@ -79,7 +80,7 @@ LOG_TIME_FORMATS = (
 )
 MODALITIES = ("text", "audio", "image")
 SELECTOR_STRATEGIES = ("warm", "pin", "spillover")
-SCHEDULERS = ("fifo",)
+SCHEDULERS = ("swap-aware", "fifo")
 ROUTERS = ("group", "matrix")
 
 TOP_LEVEL_KEYS = {
@@ -410,7 +411,7 @@ def build_config(tree: dict, previous: Config | None = None) -> Config:
     models = {model_id: _with_by_id_aliases(model, aliases, models) for model_id, model in models.items()}
 
     router, groups, matrix = _build_routing(top, models, aliases, warnings)
-    scheduler, priority = _build_scheduler(top, models, aliases, warnings)
+    scheduler, priority, queue = _build_scheduler(top, models, aliases, warnings)
     preload = _build_preload(top.mapping("hooks"), models, aliases, warnings)
     api_keys = _build_api_keys(top)
     peers = _build_peers(top, warnings)
@@ -428,6 +429,7 @@ def build_config(tree: dict, previous: Config | None = None) -> Config:
         matrix=matrix,
         scheduler=scheduler,
         priority=priority,
+        queue=queue,
         health_check_timeout=health_check_timeout,
         log_level=log_level,
         log_time_format=log_time_format,
@@ -811,13 +813,13 @@ def _build_matrix(data: Any, where: str, models, warnings: list[str]) -> MatrixC
     return MatrixConfig(variables=variables, evict_costs=costs, sets=tuple(sets), program=program)
 
 
-def _build_scheduler(top: Fields, models, aliases, warnings) -> tuple[str, dict[str, int]]:
+def _build_scheduler(top: Fields, models, aliases, warnings) -> tuple[str, dict[str, int], QueueSettings]:
     routing = Fields(top.data.get("routing"), "routing", {"router", "scheduler"}, [])
     scheduler = Fields(routing.data.get("scheduler"), "routing.scheduler", {"use", "settings"}, warnings)
-    use = scheduler.text("use", "fifo").strip() or "fifo"
+    use = scheduler.text("use", "swap-aware").strip() or "swap-aware"
     if use not in SCHEDULERS:
         raise _error(f"routing.scheduler.use: unknown scheduler '{use}' (valid: {', '.join(SCHEDULERS)})", "routing")
-    settings = Fields(scheduler.data.get("settings"), "routing.scheduler.settings", {"fifo"}, warnings)
+    settings = Fields(scheduler.data.get("settings"), "routing.scheduler.settings", {"fifo", "swap-aware"}, warnings)
     fifo = Fields(settings.data.get("fifo"), "routing.scheduler.settings.fifo", {"priority"}, warnings)
     priority: dict[str, int] = {}
     for name, value in fifo.mapping("priority").items():
@@ -827,7 +829,20 @@ def _build_scheduler(top: Fields, models, aliases, warnings) -> tuple[str, dict[
         if isinstance(value, bool) or not isinstance(value, int):
             raise _error(f"routing.scheduler.settings.fifo.priority.{name} must be a whole number, got {describe(value)}", "routing")
         priority[real] = value
-    return use, priority
+    where = "routing.scheduler.settings.swap-aware"
+    aware = Fields(settings.data.get("swap-aware"), where, {"maxWait", "maxQueue", "queueTimeout"}, warnings)
+    defaults = QueueSettings()
+    limits = {}
+    for key, attribute in (("maxWait", "max_wait"), ("queueTimeout", "queue_timeout")):
+        value = aware.data.get(key)
+        seconds = getattr(defaults, attribute) if value is None else parse_duration(value, f"{where}.{key}")
+        if seconds < 0:
+            raise _error(f"{where}.{key} must be 0 (off) or a number of seconds, got {describe(value)}", "routing")
+        limits[attribute] = seconds
+    max_queue = aware.integer("maxQueue", defaults.max_queue)
+    if max_queue < 0:
+        raise _error(f"{where}.maxQueue must be 0 (no limit) or a number of requests, got {max_queue}", "routing")
+    return use, priority, QueueSettings(max_queue=max_queue, **limits)
 
 
 def _build_preload(hooks: dict, models, aliases, warnings: list[str]) -> tuple[str, ...]:

@@ -240,6 +240,17 @@ class MatrixConfig:
     program: Any = field(eq=False)  # llamaswap.config.matrix.Program
 
 
+@frozen
+class QueueSettings:
+    """
+    The swap-aware scheduler's limits (seconds; 0 turns one off).
+    """
+
+    max_wait: float = 30.0
+    max_queue: int = 100
+    queue_timeout: float = 600.0
+
+
 @frozen(eq=True, hash=False)
 class Config:
     """
@@ -250,8 +261,9 @@ class Config:
     groups: Mapping[str, GroupConfig]
     router: str = "group"
     matrix: MatrixConfig | None = None
-    scheduler: str = "fifo"
+    scheduler: str = "swap-aware"
     priority: Mapping[str, int] = field(factory=dict)
+    queue: QueueSettings = QueueSettings()
     health_check_timeout: int = 120
     log_level: str = "info"
     log_time_format: str = ""

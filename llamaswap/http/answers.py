@@ -56,15 +56,16 @@ def json_response(request, payload, charset: bool = True) -> bytes:
     return sized(request, json.dumps(payload, separators=(",", ":")).encode("utf-8"), content_type)
 
 
-def error_response(request, code: int, message: str, error_code: str | None = None) -> bytes:
+def error_response(request, code: int, message: str, error_code: str | None = None, json_only: bool = False) -> bytes:
     """
     Set the status and content type of an error and return its body: the
     message alone for a client that asks for C{text/plain}, a small page for
-    C{text/html}, and the JSON error envelope otherwise.
+    C{text/html}, and the JSON error envelope otherwise (always, with
+    C{json_only}).
     """
     request.setResponseCode(code)
     request.error_message = message  # for the activity log
-    accept = request.getHeader(b"accept") or b""
+    accept = b"" if json_only else request.getHeader(b"accept") or b""
     if b"text/plain" in accept:
         return sized(request, message.encode("utf-8"), b"text/plain; charset=utf-8")
     if b"text/html" in accept:

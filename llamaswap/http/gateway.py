@@ -33,7 +33,7 @@ from llamaswap.observe.activity import ActivityLog, ActivityObserver
 from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.inflight import Entry, InFlight, InFlightObserver
 from llamaswap.observe.logs import ProxyLog
-from llamaswap.routing.scheduler import Lease, ShuttingDown, TooManyRequests
+from llamaswap.routing.scheduler import Lease, Refused, ShuttingDown, TooManyRequests
 
 CANCELLED = "request cancelled"
 
@@ -78,19 +78,6 @@ class Gateway:
         self.log = log
         self.clock = clock
         self.backlog = backlog
-        self._waiting: dict[str, int] = {}
-
-    def waiting_by_model(self) -> dict[str, int]:
-        """
-        Requests waiting for each model: for their turn, or for it to load.
-        """
-        counts = dict.fromkeys(self.models.config.models, 0)
-        counts.update((model_id, count) for model_id, count in self._waiting.items() if count)
-        return counts
-
-    def _done_waiting(self, result, model_id: str):
-        self._waiting[model_id] -= 1
-        return result
 
     def _track(self, request: Request, name: str, path: bytes | None, track: bool, body=None) -> _Cancel:
         """
@@ -164,17 +151,14 @@ class Gateway:
             if lease is not None:
                 return self._relay(request, model_id, lease, body, path, False, upgrade, cancel)
             waiting = self.models.use(model_id)
-        except TooManyRequests:
-            request.setHeader(b"retry-after", b"1")
-            return error_response(request, 429, "Too many requests", "concurrency_limit")
+        except Refused as refusal:
+            return self._refused(request, refusal)
         except ShuttingDown as error:
             return error_response(request, 503, str(error))
         stream = None
         if loading and not self.models.is_ready(model_id):
             stream = LoadingStream(request, model_id, self.clock)
         queued_at = self.clock.seconds()
-        self._waiting[model_id] = self._waiting.get(model_id, 0) + 1
-        waiting.addBoth(self._done_waiting, model_id)
         cancel.waiting = waiting
 
         def ready(lease: Lease):
@@ -187,6 +171,11 @@ class Gateway:
             return self._relay(request, model_id, lease, body, path, stream is not None, upgrade, cancel)
 
         def failed(failure: Failure):
+            if failure.check(Refused):
+                if stream is not None:
+                    stream.failed(str(failure.value))
+                    return None
+                return self._refused(request, failure.value)
             if failure.check(CancelledError):
                 if not cancel.requested:
                     return None  # the client went away while waiting
@@ -263,6 +252,16 @@ class Gateway:
             options=ConnectionOptions.from_timeouts(model.timeouts),
             upgrade=upgrade,
         )
+
+    @staticmethod
+    def _refused(request: Request, refusal: Refused) -> bytes:
+        """
+        The scheduler said no: 429 or 503 with when to try again, as JSON
+        whatever the client accepts (clients retry on these by machine).
+        """
+        request.setHeader(b"retry-after", str(refusal.retry_after).encode())
+        message = "Too many requests" if isinstance(refusal, TooManyRequests) else str(refusal)
+        return error_response(request, refusal.status, message, refusal.code, json_only=True)
 
     def _describe_start_failure(self, model_id: str, failure: Failure) -> tuple[int, str]:
         if failure.check(ProcessShutdown, ShuttingDown):

@@ -24,6 +24,7 @@ from llamaswap.observe.events import (
     LogData,
     ProcessStateChanged,
     ProfileChanged,
+    QueueChanged,
 )
 from llamaswap.observe.inflight import InFlight, InFlightUpdate
 from llamaswap.observe.logs import Logs
@@ -111,7 +112,7 @@ def stream_events(
         envelope("logData", {"data": data.decode("utf-8", "replace"), "source": source})
 
     def on_event(event: Any) -> None:
-        if isinstance(event, (ProcessStateChanged, ConfigFileChanged)):
+        if isinstance(event, (ProcessStateChanged, ConfigFileChanged, QueueChanged)):
             envelope("modelStatus", statuses())
         elif isinstance(event, LogData):
             log_data(event.source, event.data)
@@ -144,4 +145,5 @@ def stream_events(
         ActivityRecorded,
         InFlightUpdate,
         ProfileChanged,
+        QueueChanged,
     )

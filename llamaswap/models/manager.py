@@ -17,9 +17,9 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 
 from llamaswap.config import Config, changed_models
-from llamaswap.models.process import READY, STOPPED, ModelProcess
+from llamaswap.models.process import READY, SHUTDOWN, STOPPED, ModelProcess
 from llamaswap.models.readiness import Probes
-from llamaswap.observe.events import EventBus, ModelEvicted, ModelPreloaded, ProcessStateChanged
+from llamaswap.observe.events import EventBus, ModelEvicted, ModelPreloaded, ProcessStateChanged, QueueChanged
 from llamaswap.observe.logs import Logs
 from llamaswap.routing.scheduler import Lease, Scheduler
 
@@ -46,8 +46,16 @@ class ModelManager(Service):
         self.processes = {
             model_id: self._new_process(model_id) for model_id in sorted(config.models)
         }
-        self.scheduler = Scheduler(config, self.processes, logs, on_evict=lambda model: bus.publish(ModelEvicted(model)))
+        self.scheduler = Scheduler(
+            config,
+            self.processes,
+            logs,
+            on_evict=lambda model: bus.publish(ModelEvicted(model)),
+            clock=reactor,
+            on_queue=self._queue_changed,
+        )
         self._preloading: Deferred | None = None
+        self._queued: dict[str, int] = {}
 
     def _new_process(self, model_id: str, config: Config | None = None) -> ModelProcess:
         config = config or self.config
@@ -59,6 +67,17 @@ class ModelManager(Service):
             health_check_timeout=config.health_check_timeout,
             on_state_change=self._state_changed,
         )
+
+    def _queue_changed(self) -> None:
+        """
+        Tell watchers (the UI) when a model's queue grew or shrank.
+        """
+        if not self._bus.listening(QueueChanged):
+            return
+        queued = {model_id: count for model_id, count in self.scheduler.queued_by_model().items() if count}
+        if queued != self._queued:
+            self._queued = queued
+            self._bus.publish(QueueChanged(queued))
 
     def _state_changed(self, process: ModelProcess, old: str, new: str) -> None:
         self.scheduler.process_changed(process, new)
@@ -172,12 +191,31 @@ class ModelManager(Service):
         self._logs.proxy.info(f"<{model_id}> unloading on request")
         return self.processes[model_id].stop()
 
-    def running_models(self) -> list[dict[str, str]]:
-        return [
-            {"model": model_id, "state": process.state}
-            for model_id, process in self.processes.items()
-            if process.state == READY
-        ]
+    def running_models(self) -> list[dict[str, Any]]:
+        """
+        Every model that is not stopped, or has requests queued, with what
+        the newest llama-swap lists and how many requests are queued.
+        """
+        listed = []
+        for model_id in sorted(self.processes):
+            process = self.processes[model_id]
+            queued = self.scheduler.queued(model_id)
+            if process.state in (STOPPED, SHUTDOWN) and not queued:
+                continue
+            model = process.config
+            listed.append(
+                {
+                    "model": model_id,
+                    "state": process.state,
+                    "cmd": model.cmd,
+                    "proxy": model.proxy,
+                    "ttl": model.ttl,
+                    "name": model.name,
+                    "description": model.description,
+                    "queued": queued,
+                }
+            )
+        return listed
 
     def statuses(self) -> list[dict[str, Any]]:
         """
@@ -194,6 +232,7 @@ class ModelManager(Service):
                     "description": model.description,
                     "state": process.state if process is not None else "unknown",
                     "unlisted": model.unlisted,
+                    "queued": self.scheduler.queued(model_id) if process is not None else 0,
                 }
             )
         return result

@@ -31,6 +31,15 @@ class ProcessStateChanged:
 
 
 @frozen
+class QueueChanged:
+    """
+    The requests queued per model changed (models with none are left out).
+    """
+
+    queued: Any  # dict[str, int]
+
+
+@frozen
 class ModelEvicted:
     """
     A model was stopped to make room for another (a swap).

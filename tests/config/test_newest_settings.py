@@ -286,7 +286,7 @@ def test_matrix_router_settings():
             "router: {use: matrix, settings: {matrix: {sets: {s1: '+s2', s2: '+s1'}}}}",
             "s1",
         ),
-        ("scheduler: {use: lifo}", "routing.scheduler.use: unknown scheduler 'lifo' (valid: fifo)"),
+        ("scheduler: {use: lifo}", "routing.scheduler.use: unknown scheduler 'lifo' (valid: swap-aware, fifo)"),
         (
             "scheduler: {use: fifo, settings: {fifo: {priority: {zz: 3}}}}",
             "routing.scheduler.settings.fifo.priority: 'zz' is not a model id or alias",

@@ -129,7 +129,18 @@ def test_chat_routes_by_model_and_alias(server):
         assert json.loads(body)["responseMessage"] == expected
     response, body = server.fetch("GET", "/running")
     assert response.headers.getRawHeaders("content-type") == ["application/json"]
-    assert json.loads(body) == {"running": [{"model": "model2", "state": "ready"}]}
+    [running] = json.loads(body)["running"]
+    model = server.service.config.models["model2"]
+    assert running == {
+        "model": "model2",
+        "state": "ready",
+        "cmd": model.cmd,
+        "proxy": model.proxy,
+        "ttl": model.ttl,
+        "name": model.name,
+        "description": model.description,
+        "queued": 0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -241,8 +252,15 @@ def test_concurrency_limit_429(server):
     server.advance(0.1)
     response, body = server.chat("limited")
     assert (response.code, error_message(body)) == (429, "Too many requests")
-    assert response.headers.getRawHeaders("retry-after") == ["1"]
+    [retry_after] = response.headers.getRawHeaders("retry-after")
+    assert int(retry_after) >= 1
     assert json.loads(body)["error"]["code"] == "concurrency_limit"
+    # JSON whatever the client accepts: clients retry on it by machine
+    response, body = server.fetch(
+        "POST", "/v1/chat/completions", json={"model": "limited"}, headers={"Accept": "text/plain"}
+    )
+    assert response.code == 429 and response.headers.getRawHeaders("content-type") == ["application/json"]
+    assert json.loads(body)["error"]["type"] == "rate_limit_error"
     assert server.run(slow).code == 200
 
 

@@ -173,16 +173,24 @@ def test_events_stream_initial_state_and_load_unload_cycle(memory):
     assert [message["data"]["source"] for message in events.messages[:2]] == ["proxy", "upstream"]
     assert "fake upstream m" in events.messages[1]["data"]["data"]
     assert events.messages[2]["data"] == [
-        {"id": "hidden", "name": "", "description": "", "state": "stopped", "unlisted": True},
-        {"id": "m", "name": "Model M", "description": "the only one", "state": "stopped", "unlisted": False},
+        {"id": "hidden", "name": "", "description": "", "state": "stopped", "unlisted": True, "queued": 0},
+        {"id": "m", "name": "Model M", "description": "the only one", "state": "stopped", "unlisted": False, "queued": 0},
     ]
     assert len(events.messages[3]["data"]) == 1 and events.messages[3]["data"][0]["model"] == "m"
     events.messages.clear()
     server.chat("m")
     server.fetch("GET", "/unload")
     server.advance(0.01)
-    states = [next(entry["state"] for entry in status if entry["id"] == "m") for status in events.of_type("modelStatus")]
-    assert states == ["starting", "ready", "stopping", "stopped"]
+    statuses = [next(entry for entry in status if entry["id"] == "m") for status in events.of_type("modelStatus")]
+    states = [status["state"] for status in statuses]
+    assert [state for index, state in enumerate(states) if not index or states[index - 1] != state] == [
+        "stopped",
+        "starting",
+        "ready",
+        "stopping",
+        "stopped",
+    ]
+    assert statuses[0]["queued"] == 1 and statuses[-1]["queued"] == 0  # queued while it loaded
     metrics = events.of_type("metrics")
     assert len(metrics) == 1 and metrics[0][0]["id"] == 2  # ids are the activity log's
     assert events.of_type("activity") == [{"id": 2}]  # the newest llama-swap's announcement

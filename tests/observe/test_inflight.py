@@ -79,11 +79,11 @@ def test_cancelling_a_request_waiting_for_its_model(memory):
     waiting = server.post("/v1/chat/completions", json={"model": "slow"})
     server.advance(1)
     [entry] = server.service.inflight.snapshot().requests
-    assert server.service.gateway.waiting_by_model()["slow"] == 1
+    assert server.service.manager.scheduler.queued("slow") == 1
     assert server.fetch("POST", f"/api/inflight/{entry['id']}/cancel")[0].code == 200
     response = server.run(waiting)
     assert (response.code, error_message(server.run(response.content()))) == (503, "request cancelled")
-    assert server.service.gateway.waiting_by_model()["slow"] == 0
+    assert server.service.manager.scheduler.queued("slow") == 0
     assert len(server.service.inflight) == 0
 
 

@@ -37,10 +37,13 @@ groups:
 """
 
 
+FIFO = CONFIG.replace("groups:", "routing:\n  scheduler:\n    use: fifo\ngroups:")
+
+
 class SchedulerHarness(ProcessHarness):
     def __init__(self, text=CONFIG):
         super().__init__(text)
-        self.scheduler = Scheduler(self.config, self.processes, self.logs)
+        self.scheduler = Scheduler(self.config, self.processes, self.logs, clock=self.reactor)
         for model_id in self.processes:
             self.make_ready(model_id)
 
@@ -97,7 +100,8 @@ def test_swap_group_runs_one_member_at_a_time(harness):
     assert harness.transitions("a") == ["starting", "ready", "stopping", "stopped"]
 
 
-def test_swap_waits_for_inflight_request_of_outgoing_model(harness):
+def test_fifo_swap_waits_for_inflight_request_of_outgoing_model():
+    harness = SchedulerHarness(FIFO)
     lease_a = harness.run("a")
     waiting_b = harness.request("b")
     harness.settle()
@@ -159,7 +163,8 @@ def test_concurrency_limit_counts_waiting_and_inflight(harness):
         harness.scheduler.request("c")
 
 
-def test_cancelled_waiter_leaves_the_queue(harness):
+def test_cancelled_waiter_leaves_the_queue():
+    harness = SchedulerHarness(FIFO)
     lease_a = harness.run("a")
     deferred = harness.scheduler.request("b")
     assert harness.scheduler.is_draining("a")
@@ -188,14 +193,15 @@ def test_release_is_idempotent(harness):
     assert harness.processes["a"].inflight == 0
 
 
-def test_interleaved_requests_never_overlap_conflicting_models():
+@pytest.mark.parametrize("config", [CONFIG, FIFO], ids=["swap-aware", "fifo"])
+def test_interleaved_requests_never_overlap_conflicting_models(config):
     """
     A random mix of requests for the members of one swap group and other
     groups: whatever the order, a request is only admitted when every model
     that conflicts with its own is stopped and unused, and every request is
     eventually admitted.
     """
-    harness = SchedulerHarness()
+    harness = SchedulerHarness(config)
     rng = random.Random(1234)
     table = conflicts(harness.config)
     leases = []
