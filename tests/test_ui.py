@@ -142,6 +142,31 @@ def test_load_and_unload_a_model(server, page):
     assert page.errors == []
 
 
+def test_queued_requests_are_shown(server, page):
+    import threading
+
+    server.chat("alpha")
+    page.goto(server.url + "/ui/models")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+
+    def post(path: str, model: str) -> None:
+        body = json.dumps({"model": model, "stream": True}).encode()
+        with urllib.request.urlopen(urllib.request.Request(server.url + path, data=body), timeout=60) as answer:
+            answer.read()
+
+    streaming = threading.Thread(target=post, args=("/v1/chat/completions?chunks=60&delay=0.05", "alpha"))
+    streaming.start()
+    waiting = threading.Thread(target=post, args=("/v1/chat/completions", "beta"))
+    waiting.start()
+    row = model_row(page, "beta")
+    expect(row.get_by_test_id("queued")).to_have_text("1 queued", timeout=10000)
+    streaming.join(30)
+    waiting.join(30)
+    expect(row.get_by_test_id("queued")).to_have_count(0, timeout=10000)
+    expect(row.get_by_test_id("state")).to_have_text("ready", timeout=10000)
+    assert page.errors == []
+
+
 def test_unlisted_names_and_unload_all(server, page):
     page.goto(server.url + "/ui/models")
     expect(model_row(page, "hidden")).to_be_visible()

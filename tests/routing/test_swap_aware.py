@@ -277,3 +277,26 @@ def test_randomised_interleavings_keep_the_bounds(seed, rate):
     assert served == requested > 100
     swap = 1.0  # stop, start and the first health check in the fake world
     assert max(waits) <= 10 + swap + longest_answer + swap, max(waits)
+
+
+def test_the_matrix_router_batches_alike():
+    from tests.routing.test_scheduler import MATRIX
+
+    harness = Harness(MATRIX)
+    lease = harness.run("gemma")
+    voice = harness.run("voice")  # allowed together with gemma
+    waiting_big = harness.request("big")  # a set of its own: conflicts with both
+    harness.wait(1)
+    more = harness.request("gemma")
+    harness.tick()
+    assert harness.admitted(more) and waiting_big == []  # gemma keeps serving for now
+    harness.serve(more).release()
+    harness.wait(30)  # the default maxWait: gemma and voice close
+    assert harness.scheduler.is_draining("gemma") and harness.scheduler.is_draining("voice")
+    lease.release()
+    voice.release()
+    harness.wait(0.5)
+    assert harness.admitted(waiting_big)
+    harness.serve(waiting_big)
+    harness.wait(0.5)
+    assert harness.running() == ["big"]

@@ -74,7 +74,12 @@ function modelsCard() {
           ),
           model.description ? h("div", { class: "model-description" }, model.description) : null,
         ),
-        h("td", {}, h("span", { class: "badge", "data-state": model.state, "data-testid": "state" }, model.state)),
+        h(
+          "td",
+          {},
+          h("span", { class: "badge", "data-state": model.state, "data-testid": "state" }, model.state),
+          model.queued ? h("span", { class: "queued", "data-testid": "queued", title: "requests waiting for this model" }, `${model.queued} queued`) : null,
+        ),
         h("td", { class: "actions" }, button),
       );
     });
