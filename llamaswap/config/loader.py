@@ -26,6 +26,8 @@ import re
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from attrs import evolve
+
 from llamaswap.config import macros as _macros
 from llamaswap.config.command import split_command, strip_comments
 from llamaswap.config.fields import Fields, describe, macro_list
@@ -46,6 +48,7 @@ from llamaswap.config.records import (
     ProfileConfig,
     QueueSettings,
     SelectorConfig,
+    Supervision,
     Timeouts,
     resolve_peer_model,
     sanitize_strip_params,
@@ -85,6 +88,9 @@ ROUTERS = ("group", "matrix")
 
 TOP_LEVEL_KEYS = {
     "healthCheckTimeout",
+    "startTimeout",
+    "maxStartFailures",
+    "failureCooldown",
     "logLevel",
     "logTimeFormat",
     "logToStdout",
@@ -114,6 +120,11 @@ TOP_LEVEL_KEYS = {
 }
 MODEL_KEYS = {
     "cmd",
+    "healthCheckTimeout",
+    "startTimeout",
+    "maxStartFailures",
+    "failureCooldown",
+    "fallback",
     "cmdStop",
     "proxy",
     "aliases",
@@ -360,12 +371,8 @@ def build_config(tree: dict, previous: Config | None = None) -> Config:
     if log_requests:
         warnings.append("logRequests is deprecated and has no effect; use logLevel instead")
 
-    health_check_timeout = top.integer("healthCheckTimeout", 120)
-    if health_check_timeout < MIN_HEALTH_CHECK_TIMEOUT:
-        warnings.append(
-            f"healthCheckTimeout {health_check_timeout} is below the minimum; using {MIN_HEALTH_CHECK_TIMEOUT}"
-        )
-        health_check_timeout = MIN_HEALTH_CHECK_TIMEOUT
+    supervision = _build_supervision(top, Supervision(), "", warnings)
+    health_check_timeout = int(supervision.health_check_timeout)
 
     log_level = top.text("logLevel", "info").strip().lower()
     if log_level not in LOG_LEVELS:
@@ -404,11 +411,12 @@ def build_config(tree: dict, previous: Config | None = None) -> Config:
             tree["models"][model_id],
             own_macros.get(model_id, []),
             ports.get(model_id),
-            defaults=_ModelDefaults(send_loading_state, global_ttl, unload_timeout),
+            defaults=_ModelDefaults(send_loading_state, global_ttl, unload_timeout, supervision),
             warnings=warnings,
         )
     aliases = _build_aliases(models, warnings)
     models = {model_id: _with_by_id_aliases(model, aliases, models) for model_id, model in models.items()}
+    models = _resolve_fallbacks(models, aliases)
 
     router, groups, matrix = _build_routing(top, models, aliases, warnings)
     scheduler, priority, queue = _build_scheduler(top, models, aliases, warnings)
@@ -487,10 +495,40 @@ def _seconds(fields: Fields, key: str, default: float) -> float:
 
 
 class _ModelDefaults:
-    def __init__(self, send_loading_state: bool, ttl: int, unload_timeout: float):
+    def __init__(self, send_loading_state: bool, ttl: int, unload_timeout: float, supervision: Supervision):
         self.send_loading_state = send_loading_state
         self.ttl = ttl
         self.unload_timeout = unload_timeout
+        self.supervision = supervision
+
+
+def _build_supervision(fields: Fields, defaults: Supervision, where: str, warnings: list[str]) -> Supervision:
+    """
+    healthCheckTimeout, startTimeout, maxStartFailures and failureCooldown
+    of the configuration (C{fields}: the top level or one model).
+    """
+    health = defaults.health_check_timeout
+    if fields.has("healthCheckTimeout"):
+        health = parse_duration(fields.data["healthCheckTimeout"], f"{where}healthCheckTimeout")
+        if health < MIN_HEALTH_CHECK_TIMEOUT:
+            warnings.append(
+                f"{where}healthCheckTimeout {health:g} is below the minimum; using {MIN_HEALTH_CHECK_TIMEOUT}"
+            )
+            health = MIN_HEALTH_CHECK_TIMEOUT
+    start = defaults.start_timeout
+    if fields.has("startTimeout"):
+        start = parse_duration(fields.data["startTimeout"], f"{where}startTimeout")
+        if start < 0:
+            raise ConfigError(f"{where}startTimeout must be 0 (no cap) or a number of seconds, got {start:g}")
+    failures = fields.integer("maxStartFailures", defaults.max_start_failures)
+    if failures < 1:
+        raise ConfigError(f"{where}maxStartFailures must be at least 1, got {failures}")
+    cooldown = defaults.failure_cooldown
+    if fields.has("failureCooldown"):
+        cooldown = parse_duration(fields.data["failureCooldown"], f"{where}failureCooldown")
+        if cooldown < 0:
+            raise ConfigError(f"{where}failureCooldown must be a number of seconds, got {cooldown:g}")
+    return Supervision(health, start, failures, cooldown)
 
 
 def _build_model(
@@ -580,7 +618,36 @@ def _build_model_fields(
         capabilities=_build_capabilities(fields.data.get("capabilities"), model_id, warnings),
         macros=tuple(model_macros),
         port=port,
+        supervision=_build_supervision(fields, defaults.supervision, f"model '{model_id}': ", warnings),
+        fallback=fields.text("fallback").strip() or None,
     )
+
+
+def _resolve_fallbacks(models: dict[str, ModelConfig], aliases: dict[str, str]) -> dict[str, ModelConfig]:
+    """
+    Each C{fallback} names another model (an alias is resolved to its id);
+    a chain of fallbacks must not come back to where it started.
+    """
+    resolved = {}
+    for model_id, model in models.items():
+        if model.fallback is None:
+            resolved[model_id] = model
+            continue
+        target = model.fallback if model.fallback in models else aliases.get(model.fallback)
+        if target is None:
+            raise _error(f"model '{model_id}': fallback '{model.fallback}' is not a model id or alias", f"models.{model_id}")
+        if target == model_id:
+            raise _error(f"model '{model_id}': fallback names the model itself", f"models.{model_id}")
+        resolved[model_id] = evolve(model, fallback=target)
+    for model_id in resolved:
+        seen, current = [model_id], resolved[model_id].fallback
+        while current is not None:
+            if current in seen:
+                chain = " -> ".join([*seen, current])
+                raise _error(f"model '{model_id}': fallbacks go round in a circle ({chain})", f"models.{model_id}")
+            seen.append(current)
+            current = resolved[current].fallback
+    return resolved
 
 
 def _check_url(url: str, what: str) -> None:
@@ -696,8 +763,6 @@ def _with_by_id_aliases(model: ModelConfig, aliases: Mapping[str, str], models) 
     )
     if not extra:
         return model
-    from attrs import evolve
-
     return evolve(model, aliases=model.aliases + extra)
 
 

@@ -105,6 +105,27 @@ class Capabilities:
         return not (self.inputs or self.outputs or self.tools or self.reranker or self.context)
 
 
+@frozen
+class Supervision:
+    """
+    How a model's starts are watched (seconds; global settings, each one
+    overridable per model).
+
+    @ivar health_check_timeout: the longest a starting server may show no
+        sign of progress (no new output line, no CPU time used).
+    @ivar start_timeout: a hard cap on one start, progress or not (0: none).
+    @ivar max_start_failures: consecutive failed starts before the model is
+        marked failed.
+    @ivar failure_cooldown: how long a failed model refuses requests before
+        it is tried again (doubling each time it fails again, up to an hour).
+    """
+
+    health_check_timeout: float = 120.0
+    start_timeout: float = 3600.0
+    max_start_failures: int = 3
+    failure_cooldown: float = 60.0
+
+
 @frozen(eq=True, hash=False)
 class ModelConfig:
     """
@@ -137,6 +158,8 @@ class ModelConfig:
     capabilities: Capabilities = Capabilities()
     macros: tuple[tuple[str, Any], ...] = ()
     port: int | None = None  # the automatic ${PORT}, when the model uses one
+    supervision: Supervision = Supervision()
+    fallback: str | None = None  # the model serving this one's requests while it is failed
 
     @property
     def strip_params(self) -> tuple[str, ...]:

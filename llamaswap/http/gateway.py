@@ -25,6 +25,7 @@ from twisted.web.server import Request
 from llamaswap.config import PeerConfig
 from llamaswap.http.answers import error_response
 from llamaswap.http.client import ConnectionOptions, UpstreamClient
+from llamaswap.http.jsonbody import InvalidBody, parse_request_body
 from llamaswap.http.loading import LoadingStream
 from llamaswap.http.proxy import ReverseProxyResource
 from llamaswap.models.manager import ModelManager
@@ -33,7 +34,7 @@ from llamaswap.observe.activity import ActivityLog, ActivityObserver
 from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.inflight import Entry, InFlight, InFlightObserver
 from llamaswap.observe.logs import ProxyLog
-from llamaswap.routing.scheduler import Lease, Refused, ShuttingDown, TooManyRequests
+from llamaswap.routing.scheduler import Lease, ModelFailed, Refused, ShuttingDown, TooManyRequests
 
 CANCELLED = "request cancelled"
 
@@ -146,18 +147,28 @@ class Gateway:
             request.notifyFinish().addBoth(lambda _: on_done())
         request.metrics_model = model_id
         cancel = self._track(request, model_id, path, track and upgrade is None, body)
+        return self._serve(request, model_id, body, path, loading, upgrade, cancel)
+
+    def _serve(
+        self, request: Request, model_id: str, body, path, loading: bool, upgrade, cancel: _Cancel, fallback: bool = True
+    ) -> bytes | Deferred | ReverseProxyResource:
         try:
             lease = self.models.use_now(model_id)
             if lease is not None:
                 return self._relay(request, model_id, lease, body, path, False, upgrade, cancel)
             waiting = self.models.use(model_id)
+        except ModelFailed as refusal:
+            if fallback and self._fallback_of(model_id):
+                return self._fall_back(request, model_id, body, path, loading, upgrade, cancel)
+            return self._refused(request, refusal)
         except Refused as refusal:
             return self._refused(request, refusal)
         except ShuttingDown as error:
             return error_response(request, 503, str(error))
+        process = self.models.processes[model_id]
         stream = None
         if loading and not self.models.is_ready(model_id):
-            stream = LoadingStream(request, model_id, self.clock)
+            stream = LoadingStream(request, model_id, self.clock, lambda: process.loading_line)
         queued_at = self.clock.seconds()
         cancel.waiting = waiting
 
@@ -187,9 +198,32 @@ class Gateway:
             if stream is not None:
                 stream.failed(message)
                 return None
+            if fallback and failure.check(StartFailed) and not failure.check(ProcessShutdown):
+                if self._fallback_of(model_id) and not request.gone:
+                    return self._fall_back(request, model_id, body, path, loading, upgrade, cancel)
             return error_response(request, code, message)
 
         return waiting.addCallbacks(ready, failed)
+
+    def _fallback_of(self, model_id: str) -> str | None:
+        model = self.models.config.models.get(model_id)
+        return model.fallback if model is not None else None
+
+    def _fall_back(self, request: Request, model_id: str, body, path, loading: bool, upgrade, cancel: _Cancel):
+        """
+        Serve a request for a failed model with its C{fallback} (saying so
+        in C{X-LlamaSwap-Fallback}).
+        """
+        fallback = self._fallback_of(model_id)
+        self.log.warn(f"<{model_id}> cannot serve: the request goes to its fallback {fallback}")
+        request.setHeader(b"x-llamaswap-fallback", fallback.encode())
+        if isinstance(body, bytes):
+            model = self.models.config.models[fallback]
+            try:
+                body = parse_request_body(body).rewrite(model=model.use_model_name or fallback)
+            except InvalidBody:
+                pass  # not JSON: sent as it is
+        return self._serve(request, fallback, body, path, loading, upgrade, cancel, fallback=False)
 
     def forward_to_peer(
         self,

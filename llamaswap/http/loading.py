@@ -11,6 +11,7 @@ the same response.  If the model cannot start, the stream says so and ends.
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 from twisted.internet.task import LoopingCall
 from twisted.web.server import Request
@@ -51,10 +52,18 @@ class LoadingStream:
     Progress messages on a client's response while its model loads.
     """
 
-    def __init__(self, request: Request, model_id: str, clock, rng: random.Random | None = None):
+    def __init__(
+        self,
+        request: Request,
+        model_id: str,
+        clock,
+        latest_line: Callable[[], str] = str,
+        rng: random.Random | None = None,
+    ):
         self.request = request
         self.model_id = model_id
         self.clock = clock
+        self._latest_line = latest_line  # what the server printed last, shown with the time
         self._rng = rng or random.Random()
         self._remarks = list(REMARKS)
         self._rng.shuffle(self._remarks)
@@ -78,6 +87,10 @@ class LoadingStream:
 
     def _tick(self) -> None:
         now = self.clock.seconds()
+        line = self._latest_line()
+        if line:
+            self._send(f"{line} ({now - self._started:.0f}s)\n")
+            return
         if now >= self._next_remark and self._remarks:
             self._send("\n" + self._remarks.pop() + "\n")
             self._next_remark = now + self._rng.randint(5, 9)

@@ -17,11 +17,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 
 from llamaswap.config import Config, changed_models
-from llamaswap.models.process import READY, SHUTDOWN, STOPPED, ModelProcess
+from llamaswap.models.process import FAILED, READY, SHUTDOWN, STOPPED, ModelProcess
 from llamaswap.models.readiness import Probes
 from llamaswap.observe.events import EventBus, ModelEvicted, ModelPreloaded, ProcessStateChanged, QueueChanged
 from llamaswap.observe.logs import Logs
-from llamaswap.routing.scheduler import Lease, Scheduler
+from llamaswap.routing.scheduler import Lease, ModelFailed, Scheduler
 
 
 class ModelManager(Service):
@@ -64,7 +64,6 @@ class ModelManager(Service):
             reactor=self._reactor,
             logs=self._logs,
             probe=self._probe,
-            health_check_timeout=config.health_check_timeout,
             on_state_change=self._state_changed,
         )
 
@@ -153,6 +152,7 @@ class ModelManager(Service):
         @raise TooManyRequests: over the model's concurrency limit.
         @raise ShuttingDown: the service is stopping.
         """
+        self._refuse_if_failed(model_id)
         admitted = self.scheduler.request(model_id)
 
         def start(lease: Lease) -> Deferred:
@@ -169,7 +169,28 @@ class ModelManager(Service):
         A lease on a ready model at once, when nothing stands in the way
         (the common case); C{None} when L{use} must wait for it.
         """
+        self._refuse_if_failed(model_id)
         return self.scheduler.admit_now(model_id)
+
+    def _refuse_if_failed(self, model_id: str) -> None:
+        supervisor = self.processes[model_id].supervisor
+        wait = supervisor.refusal()
+        if wait is not None:
+            raise ModelFailed(
+                f"model {model_id} failed to start {supervisor.failures} times in a row and is not tried again "
+                f"for {wait}s: {supervisor.reason}",
+                wait,
+            )
+
+    def state_shown(self, model_id: str) -> str:
+        """
+        The state the UI and /running show: C{failed} for a stopped model
+        that is failed.
+        """
+        process = self.processes[model_id]
+        if process.state == STOPPED and process.supervisor.failed:
+            return FAILED
+        return process.state
 
     def state_of(self, model_id: str) -> str:
         process = self.processes.get(model_id)
@@ -189,7 +210,9 @@ class ModelManager(Service):
 
     def unload(self, model_id: str) -> Deferred:
         self._logs.proxy.info(f"<{model_id}> unloading on request")
-        return self.processes[model_id].stop()
+        process = self.processes[model_id]
+        process.supervisor.reset()  # an operator's unload also clears a failed state
+        return process.stop()
 
     def running_models(self) -> list[dict[str, Any]]:
         """
@@ -200,21 +223,23 @@ class ModelManager(Service):
         for model_id in sorted(self.processes):
             process = self.processes[model_id]
             queued = self.scheduler.queued(model_id)
-            if process.state in (STOPPED, SHUTDOWN) and not queued:
+            state = self.state_shown(model_id)
+            if state in (STOPPED, SHUTDOWN) and not queued:
                 continue
             model = process.config
-            listed.append(
-                {
-                    "model": model_id,
-                    "state": process.state,
-                    "cmd": model.cmd,
-                    "proxy": model.proxy,
-                    "ttl": model.ttl,
-                    "name": model.name,
-                    "description": model.description,
-                    "queued": queued,
-                }
-            )
+            entry = {
+                "model": model_id,
+                "state": state,
+                "cmd": model.cmd,
+                "proxy": model.proxy,
+                "ttl": model.ttl,
+                "name": model.name,
+                "description": model.description,
+                "queued": queued,
+            }
+            if state == FAILED:
+                entry["reason"] = process.supervisor.reason
+            listed.append(entry)
         return listed
 
     def statuses(self) -> list[dict[str, Any]]:
@@ -230,10 +255,12 @@ class ModelManager(Service):
                     "id": model_id,
                     "name": model.name,
                     "description": model.description,
-                    "state": process.state if process is not None else "unknown",
+                    "state": self.state_shown(model_id) if process is not None else "unknown",
                     "unlisted": model.unlisted,
                     "queued": self.scheduler.queued(model_id) if process is not None else 0,
                 }
             )
+            if result[-1]["state"] == FAILED:
+                result[-1]["reason"] = process.supervisor.reason
         return result
 

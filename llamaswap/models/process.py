@@ -29,17 +29,46 @@ from twisted.python.failure import Failure
 from llamaswap.config import ModelConfig
 from llamaswap.models import launcher
 from llamaswap.models.readiness import NotReady, Probes, wait_until_ready
+from llamaswap.models.supervisor import Supervisor
 from llamaswap.models.ttl import IdleTimer
 from llamaswap.observe.logs import Logs
 from llamaswap.protocols.process import UpstreamProcessProtocol, describe_exit
 
 StateCallback = Callable[["ModelProcess", str, str], None]
 
+# CPU time a starting server's processes must use between two checks to
+# count as progress (a sleeping server uses none).
+CPU_PROGRESS_SECONDS = 0.02
+
+
+def process_tree_cpu(pid: int) -> float | None:
+    """
+    CPU seconds used so far by a process and everything it started (read
+    from /proc through psutil); C{None} when that cannot be read.
+    """
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for process in (root, *root.children(recursive=True)):
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+    except psutil.Error:
+        return None
+
 STOPPED = "stopped"
 STARTING = "starting"
 READY = "ready"
 STOPPING = "stopping"
 SHUTDOWN = "shutdown"
+# Not a state of the process: what is shown for a stopped model whose
+# starts keep failing (see llamaswap.models.supervisor).
+FAILED = "failed"
 
 
 class StartFailed(Exception):
@@ -79,11 +108,12 @@ class ModelProcess:
         reactor,
         logs: Logs,
         probe: Probes,
-        health_check_timeout: float,
+        health_check_timeout: float | None = None,
         on_state_change: StateCallback | None = None,
         environ: Mapping[str, str] | None = None,
         killpg: Callable[[int, int], None] = os.killpg,
         wrap_command: Callable[[tuple[str, ...]], list[str]] = launcher_argv,
+        cpu_time: Callable[[int], float | None] = process_tree_cpu,
     ):
         self.config = config
         self.id = config.id
@@ -94,7 +124,13 @@ class ModelProcess:
         self._logs = logs
         self._probe = probe
         self.on_state_change = on_state_change
+        if health_check_timeout is None:
+            health_check_timeout = config.supervision.health_check_timeout
         self.health_check_timeout = health_check_timeout
+        self._cpu_time = cpu_time
+        self._cpu_seen = 0.0
+        self._cpu_moved_at = 0.0
+        self.supervisor = Supervisor(self.id, config.supervision, reactor, logs.proxy.warn)
         self._environ = os.environ if environ is None else environ
         self._killpg = killpg
         self._wrap_command = wrap_command
@@ -110,6 +146,7 @@ class ModelProcess:
         self._shutdown_requested = False
         self._started_at = 0.0
         self.last_exit: str | None = None
+        self.last_line = ""  # the server's latest output line (kept after it exits)
 
     def __repr__(self) -> str:
         return f"<ModelProcess {self.id} {self.state} inflight={self.inflight}>"
@@ -276,8 +313,9 @@ class ModelProcess:
             f"<{self.id}> starting: {' '.join(argv)}"
             + (f" (env: {', '.join(self.config.env)})" if self.config.env else "")
         )
-        self._protocol = UpstreamProcessProtocol(self._logs.for_model(self.id), self._process_ended)
+        self._protocol = UpstreamProcessProtocol(self._logs.for_model(self.id), self._process_ended, self._reactor.seconds)
         self._started_at = self._reactor.seconds()
+        self._cpu_seen, self._cpu_moved_at = 0.0, self._started_at
         try:
             self._transport = self._reactor.spawnProcess(
                 self._protocol,
@@ -305,8 +343,30 @@ class ModelProcess:
             on_attempt=lambda why: self._logs.proxy.debug(
                 f"<{self.id}> not ready yet ({why}) on {url}"
             ),
+            progress=self._last_progress,
+            hard_timeout=self.config.supervision.start_timeout,
         )
         self._readiness.addCallbacks(self._readiness_passed, self._readiness_failed)
+
+    def _last_progress(self) -> float:
+        """
+        When the starting server last showed a sign of life: a new line of
+        output, or CPU time used by its process tree.
+        """
+        output = self._protocol.last_output_at if self._protocol is not None else 0.0
+        if self.pid is not None:
+            used = self._cpu_time(self.pid)
+            if used is not None and used > self._cpu_seen + CPU_PROGRESS_SECONDS:
+                self._cpu_seen = used
+                self._cpu_moved_at = self._reactor.seconds()
+        return max(output, self._cpu_moved_at)
+
+    @property
+    def loading_line(self) -> str:
+        """
+        The starting server's latest output line, for the loading messages.
+        """
+        return self._protocol.last_line if self._protocol is not None else ""
 
     def _readiness_passed(self, seconds: float) -> None:
         self._readiness = None
@@ -334,6 +394,14 @@ class ModelProcess:
     def _stop_readiness(self):
         self._cancel_readiness()
 
+    def _failure_reason(self, reason: str) -> str:
+        line = self._protocol.last_line if self._protocol is not None else self.last_line
+        return f"{reason}; last output: {line}" if line and line not in reason else reason
+
+    @_machine.output()
+    def _note_ready(self):
+        self.supervisor.became_ready()
+
     @_machine.output()
     def _notify_ready(self):
         waiters, self._start_waiters = self._start_waiters, []
@@ -349,6 +417,7 @@ class ModelProcess:
     @_machine.output()
     def _notify_start_failed(self, reason: str):
         self._logs.proxy.error(f"<{self.id}> failed to start: {reason}")
+        self.supervisor.start_failed(self._failure_reason(reason))
         self._fail_start_waiters(StartFailed(reason))
 
     @_machine.output()
@@ -359,6 +428,11 @@ class ModelProcess:
             reason += "; last output:\n" + "\n".join(f"  {line}" for line in tail)
         self._logs.proxy.error(f"<{self.id}> {reason}")
         self._fail_start_waiters(StartFailed(reason))
+
+    @_machine.output()
+    def _count_exit_while_starting(self, description: str):
+        # before the state change is told, so that watchers see "failed"
+        self.supervisor.start_failed(self._failure_reason(f"upstream command {description} before it became ready"))
 
     @_machine.output()
     def _notify_start_aborted(self):
@@ -455,7 +529,15 @@ class ModelProcess:
 
     @_machine.output()
     def _report_crash(self, description: str):
-        self._logs.proxy.warn(f"<{self.id}> upstream {description} unexpectedly; it will restart on the next request")
+        tail = list(self._protocol.tail)[-5:] if self._protocol else []
+        last = "; last output:\n" + "\n".join(f"  {line}" for line in tail) if tail else ""
+        if self.supervisor.crashed(self._failure_reason(f"upstream {description} just after it became ready")):
+            self._logs.proxy.error(
+                f"<{self.id}> upstream {description} unexpectedly, right after becoming ready: "
+                f"counted as a failed start{last}"
+            )
+        else:
+            self._logs.proxy.warn(f"<{self.id}> upstream {description} unexpectedly; it will restart on the next request{last}")
 
     @_machine.output()
     def _report_stopped(self, description: str):
@@ -464,6 +546,8 @@ class ModelProcess:
     @_machine.output()
     def _cleanup(self):
         self._cancel_ttl()
+        if self._protocol is not None:
+            self.last_line = self._protocol.last_line or self.last_line
         self._protocol = None
 
     @_machine.output()
@@ -504,7 +588,7 @@ class ModelProcess:
     _stopped.upon(_start_failed, enter=_stopped, outputs=[])
 
     _starting.upon(_request_start, enter=_starting, outputs=[])
-    _starting.upon(_became_ready, enter=_ready, outputs=[_enter_ready, _notify_ready])
+    _starting.upon(_became_ready, enter=_ready, outputs=[_enter_ready, _note_ready, _notify_ready])
     _starting.upon(
         _start_failed,
         enter=_stopping,
@@ -513,7 +597,14 @@ class ModelProcess:
     _starting.upon(
         _exited,
         enter=_stopped,
-        outputs=[_stop_readiness, _enter_stopped, _notify_exit_while_starting, _cleanup, _notify_stopped],
+        outputs=[
+            _stop_readiness,
+            _count_exit_while_starting,
+            _enter_stopped,
+            _notify_exit_while_starting,
+            _cleanup,
+            _notify_stopped,
+        ],
     )
     _starting.upon(
         _stop_requested, enter=_stopping, outputs=[_enter_stopping, _notify_start_aborted, _terminate]

@@ -62,12 +62,19 @@ def wait_until_ready(
     url: str,
     timeout: float,
     on_attempt: Callable[[str], None] | None = None,
+    progress: Callable[[], float] | None = None,
+    hard_timeout: float = 0,
 ) -> Deferred:
     """
     Poll C{url} with C{probe} until it answers 200.
 
+    @param progress: when the server last showed a sign of progress (a
+        clock time); then C{timeout} is the longest it may show none, so a
+        slow but busy start is not cut short.
+    @param hard_timeout: the longest the whole start may take, progress or
+        not (0: no cap).
     @return: a Deferred that fires with the seconds it took, fails with
-        L{NotReady} after C{timeout} seconds, and stops polling when
+        L{NotReady} when a timeout is reached, and stops polling when
         cancelled.
     """
     started = clock.seconds()
@@ -106,13 +113,27 @@ def wait_until_ready(
         state["last"] = why
         if on_attempt is not None:
             on_attempt(why)
-        elapsed = clock.seconds() - started
-        if elapsed >= timeout:
+        now = clock.seconds()
+        elapsed = now - started
+        quiet = now - max(started, progress()) if progress is not None else elapsed
+        if hard_timeout and elapsed >= hard_timeout:
             result.errback(
-                NotReady(f"health check timed out after {timeout:g}s (last check of {url}: {why})")
+                NotReady(f"not ready within the start timeout of {hard_timeout:g}s (last check of {url}: {why})")
             )
             return
-        delay = min(next_interval(elapsed), max(0.0, timeout - elapsed))
+        if quiet >= timeout:
+            if progress is None:
+                message = f"health check timed out after {timeout:g}s (last check of {url}: {why})"
+            else:
+                message = (
+                    f"health check timed out after {timeout:g}s without a sign of progress "
+                    f"(no output, no CPU time; last check of {url}: {why})"
+                )
+            result.errback(NotReady(message))
+            return
+        delay = min(next_interval(elapsed), max(0.0, timeout - quiet))
+        if hard_timeout:
+            delay = min(delay, max(0.0, hard_timeout - elapsed))
         state["call"] = clock.callLater(delay, attempt)
 
     state["call"] = clock.callLater(0, attempt)

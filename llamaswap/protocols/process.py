@@ -40,11 +40,13 @@ class UpstreamProcessProtocol(ProcessProtocol):
     remembers the last few lines to explain a failed start.
     """
 
-    def __init__(self, monitor: ModelLog, on_exit: Callable[[Failure], None]):
+    def __init__(self, monitor: ModelLog, on_exit: Callable[[Failure], None], clock: Callable[[], float] | None = None):
         self.monitor = monitor
         self.on_exit = on_exit
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._partial = {1: b"", 2: b""}
+        self._clock = clock
+        self.last_output_at = 0.0  # when the last line came (a sign of progress)
 
     def connectionMade(self) -> None:
         # Like running with stdin from /dev/null: the server reads EOF.
@@ -70,7 +72,13 @@ class UpstreamProcessProtocol(ProcessProtocol):
         for line in lines.decode("utf-8", "replace").splitlines()[-TAIL_LINES:]:
             if line.strip():
                 self.tail.append(line)
+        if self._clock is not None:
+            self.last_output_at = self._clock()
         self.monitor.write(lines)
+
+    @property
+    def last_line(self) -> str:
+        return self.tail[-1].strip() if self.tail else ""
 
     def processEnded(self, reason: Failure) -> None:
         for fd, rest in self._partial.items():

@@ -78,6 +78,14 @@ class TooManyRequests(Refused):
     code = "concurrency_limit"
 
 
+class ModelFailed(Refused):
+    """
+    The model failed to start too many times in a row and is cooling down.
+    """
+
+    code = "model_failed"
+
+
 class QueueFull(Refused):
     """
     As many requests wait for the model as C{maxQueue} allows.

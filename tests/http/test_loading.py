@@ -33,7 +33,7 @@ def reasoning(request) -> list[str]:
 def test_headers_title_dots_and_remarks():
     clock = Clock()
     request = Request([b""])
-    LoadingStream(request, "big-model", clock, random.Random(7))
+    LoadingStream(request, "big-model", clock, rng=random.Random(7))
     assert request.responseCode == 200
     assert request.responseHeaders.getRawHeaders(b"content-type") == [b"text/event-stream"]
     assert request.responseHeaders.getRawHeaders(b"x-accel-buffering") == [b"no"]
@@ -52,7 +52,7 @@ def test_headers_title_dots_and_remarks():
 def test_done_announces_the_time_and_stops_ticking():
     clock = Clock()
     request = Request([b""])
-    stream = LoadingStream(request, "m", clock, random.Random(1))
+    stream = LoadingStream(request, "m", clock, rng=random.Random(1))
     clock.advance(3.25)
     stream.done()
     texts = reasoning(request)
