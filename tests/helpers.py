@@ -44,6 +44,7 @@ class ProcessHarness:
         self.logs = Logs(self.bus, level="debug")
         self.probe = ScriptedProbe()
         self.killpg = FakeKillpg()
+        self.cpu: dict[str, float] = {}  # CPU seconds each fake server "used" (None: unknown)
         self.events: list[ProcessStateChanged] = []
         self.bus.subscribe(self.events.append, ProcessStateChanged)
         self.scheduler = None
@@ -54,9 +55,9 @@ class ProcessHarness:
                 logs=self.logs,
                 on_state_change=self._state_changed,
                 probe=Probes(http=self.probe, connect=self.probe),
-                health_check_timeout=self.config.health_check_timeout,
                 environ={"PATH": "/usr/bin:/bin", "HOME": "/root"},
                 killpg=self.killpg,
+                cpu_time=lambda pid, model_id=model_id: self.cpu.get(model_id),
             )
             for model_id, model in self.config.models.items()
         }

@@ -326,5 +326,21 @@ class Gateway:
             head_timeout=model.timeouts.response_header or None,
             options=ConnectionOptions.from_timeouts(model.timeouts),
             upgrade=upgrade,
+            explain=self._explainer(lease.process),
         )
         return resource
+
+    @staticmethod
+    def _explainer(process) -> Callable[[], str | None]:
+        """
+        What to add to a relay's error when the server went away under it:
+        the model and how its process ended (when that is known by then).
+        """
+        exits = process.exits
+
+        def explain() -> str | None:
+            if process.exits == exits:
+                return None
+            return f"model {process.id} {process.last_exit}"
+
+        return explain

@@ -266,13 +266,18 @@ class _ProxiedExchange:
         if self.client_gone or failure.check(CancelledError):
             self.finish(False, "cancelled")
             return
-        message = f"error proxying request to {self.resource.name}: {describe_failure(failure)}"
+        message = f"error proxying request to {self.resource.name}: {describe_failure(failure)}{self._explained()}"
         self.resource.log_error(message)
         if not self.resource.headers_sent:
             send_error(self.request, 504 if failure.check(ResponseHeadTimeout) else 502, message)
             self.finish(False, message, already_finished=True)
         else:
             self.finish(False, message)
+
+    def _explained(self) -> str:
+        explain = self.resource.explain
+        note = explain() if explain is not None else None
+        return f" ({note})" if note else ""
 
     def client_lost(self, failure: Failure) -> None:
         if self.done:
@@ -330,7 +335,9 @@ class _ProxiedExchange:
                 request.finish()
             elif self.sse:
                 # Tell a streaming client why its stream stops here.
-                message = request.error_message = told or f"upstream {self.resource.name} stopped responding: {reason}"
+                message = request.error_message = (
+                    told or f"upstream {self.resource.name} stopped responding: {reason}{self._explained()}"
+                )
                 error = {"error": {"message": message, "type": "upstream_error"}}
                 request.write(sse_event(error))
                 request.finish()
@@ -381,9 +388,11 @@ class ReverseProxyResource(Resource):
         options: ConnectionOptions = DEFAULT_OPTIONS,
         set_headers: tuple[tuple[bytes, bytes], ...] = (),
         upgrade: bytes | None = None,
+        explain: Callable[[], str | None] | None = None,
     ):
         super().__init__()
         self.client = client
+        self.explain = explain  # what became of the server, for error messages (a crash, with its exit status)
         self.name = name
         self.base = base
         self.target = target

@@ -146,6 +146,7 @@ class ModelProcess:
         self._shutdown_requested = False
         self._started_at = 0.0
         self.last_exit: str | None = None
+        self.exits = 0  # how many times the server process ended
         self.last_line = ""  # the server's latest output line (kept after it exits)
 
     def __repr__(self) -> str:
@@ -514,6 +515,7 @@ class ModelProcess:
     def _process_ended(self, reason: Failure) -> None:
         code, description = describe_exit(reason)
         self.last_exit = description
+        self.exits += 1
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
         self._kill_call = None

@@ -189,7 +189,9 @@ class InMemoryLlamaswap:
             listen=None,
             reactor=self.reactor,
             endpoints=self.network,
-            process_factory=partial(ModelProcess, killpg=self.world.killpg, environ=environ),
+            process_factory=partial(
+                ModelProcess, killpg=self.world.killpg, environ=environ, cpu_time=lambda pid: None
+            ),
         )
         self.network.listen(LISTEN_HOST, port, self.service.site)
         self.url = f"http://{LISTEN_HOST}:{port}"

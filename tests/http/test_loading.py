@@ -86,3 +86,13 @@ def test_a_client_that_leaves_stops_the_ticker():
     stream.done()
     stream.failed("late")
     assert len(request.written) == written
+
+
+def test_the_servers_latest_line_is_shown_with_the_time():
+    clock = Clock()
+    request = Request([b""])
+    lines = iter(["", "loading 40 %", "loading 40 %", "loading 85 %"])
+    LoadingStream(request, "m", clock, lambda: next(lines))
+    for _ in range(4):
+        clock.advance(1)
+    assert reasoning(request)[2:] == [".", "loading 40 % (2s)\n", "loading 40 % (3s)\n", "loading 85 % (4s)\n"]
