@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import free_port, free_port_range
+from tests.helpers import free_port, free_port_range, yaml_quote
 from tests.test_twistd import TWISTD, wait_for_health
 
 pytestmark = pytest.mark.real_llm
@@ -161,3 +161,44 @@ def test_upstream_log_stream_shows_the_server_output(server, client):
     reader.join(30)
     text = b"".join(collected).decode("utf-8", "replace")
     assert "llama" in text.lower() or "uvicorn" in text.lower(), text[:500]
+
+
+def test_a_wrong_model_path_marks_the_model_failed_with_llama_cpps_reason(tmp_path):
+    """
+    llama.cpp's server given a model file that does not exist: after
+    maxStartFailures the model is failed, and the reason carries
+    llama.cpp's own error line.
+    """
+    command = f"{sys.executable} -m llama_cpp.server --model /nonexistent/model.gguf --host 127.0.0.1 --port ${{PORT}}"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"startPort: {free_port_range(2)}\nmaxStartFailures: 2\nfailureCooldown: 60\n"
+        "models:\n"
+        "  missing:\n"
+        f"    cmd: {yaml_quote(command)}\n"
+        "    checkEndpoint: /v1/models\n"
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "llamaswap", "-c", str(config), "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_health(port, process)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        for _ in range(2):
+            with pytest.raises(openai.APIStatusError) as failed:
+                client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "hi"}])
+            assert failed.value.status_code == 502
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == 503
+        assert "Model path does not exist: /nonexistent/model.gguf" in refused.value.message
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/running", timeout=10) as answer:
+            [entry] = json.loads(answer.read())["running"]
+        assert entry["state"] == "failed"
+        assert "ValueError: Model path does not exist: /nonexistent/model.gguf" in entry["reason"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)

@@ -16,6 +16,7 @@ import pathlib
 import signal
 import subprocess
 import textwrap
+import urllib.error
 import urllib.request
 
 import pytest
@@ -66,6 +67,10 @@ class Server:
                   hidden:
                     cmd: {fake("hidden")}
                     unlisted: true
+                  broken:
+                    cmd: {fake("broken", "--startup-delay", "5", "--crash-after", "0.1")}
+                    maxStartFailures: 1
+                    failureCooldown: 600
                 """
             )
         )
@@ -164,6 +169,20 @@ def test_queued_requests_are_shown(server, page):
     waiting.join(30)
     expect(row.get_by_test_id("queued")).to_have_count(0, timeout=10000)
     expect(row.get_by_test_id("state")).to_have_text("ready", timeout=10000)
+    assert page.errors == []
+
+
+def test_a_failed_model_shows_why_and_can_be_reset(server, page):
+    page.goto(server.url + "/ui/models")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    with pytest.raises(urllib.error.HTTPError):
+        server.chat("broken")
+    row = model_row(page, "broken")
+    expect(row.get_by_test_id("state")).to_have_text("failed", timeout=10000)
+    expect(row.get_by_test_id("reason")).to_contain_text("crashing on purpose")
+    row.get_by_role("button", name="Reset").click()
+    expect(row.get_by_test_id("state")).to_have_text("stopped", timeout=10000)
+    expect(row.get_by_test_id("reason")).to_have_count(0)
     assert page.errors == []
 
 

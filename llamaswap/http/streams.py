@@ -22,6 +22,7 @@ from llamaswap.observe.events import (
     ConfigFileChanged,
     EventBus,
     LogData,
+    ModelHealthChanged,
     ProcessStateChanged,
     ProfileChanged,
     QueueChanged,
@@ -112,7 +113,7 @@ def stream_events(
         envelope("logData", {"data": data.decode("utf-8", "replace"), "source": source})
 
     def on_event(event: Any) -> None:
-        if isinstance(event, (ProcessStateChanged, ConfigFileChanged, QueueChanged)):
+        if isinstance(event, (ProcessStateChanged, ConfigFileChanged, QueueChanged, ModelHealthChanged)):
             envelope("modelStatus", statuses())
         elif isinstance(event, LogData):
             log_data(event.source, event.data)
@@ -146,4 +147,5 @@ def stream_events(
         InFlightUpdate,
         ProfileChanged,
         QueueChanged,
+        ModelHealthChanged,
     )

@@ -19,7 +19,14 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from llamaswap.config import Config, changed_models
 from llamaswap.models.process import FAILED, READY, SHUTDOWN, STOPPED, ModelProcess
 from llamaswap.models.readiness import Probes
-from llamaswap.observe.events import EventBus, ModelEvicted, ModelPreloaded, ProcessStateChanged, QueueChanged
+from llamaswap.observe.events import (
+    EventBus,
+    ModelEvicted,
+    ModelHealthChanged,
+    ModelPreloaded,
+    ProcessStateChanged,
+    QueueChanged,
+)
 from llamaswap.observe.logs import Logs
 from llamaswap.routing.scheduler import Lease, ModelFailed, Scheduler
 
@@ -211,7 +218,11 @@ class ModelManager(Service):
     def unload(self, model_id: str) -> Deferred:
         self._logs.proxy.info(f"<{model_id}> unloading on request")
         process = self.processes[model_id]
-        process.supervisor.reset()  # an operator's unload also clears a failed state
+        if process.supervisor.failed:
+            process.supervisor.reset()  # an operator's unload also clears a failed state
+            self._bus.publish(ModelHealthChanged(model_id))
+        else:
+            process.supervisor.reset()
         return process.stop()
 
     def running_models(self) -> list[dict[str, Any]]:

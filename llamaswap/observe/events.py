@@ -40,6 +40,16 @@ class QueueChanged:
 
 
 @frozen
+class ModelHealthChanged:
+    """
+    A model's failed state was set or cleared without a process state
+    change (an operator's reset).
+    """
+
+    model: str
+
+
+@frozen
 class ModelEvicted:
     """
     A model was stopped to make room for another (a swap).

@@ -57,7 +57,9 @@ function modelsCard() {
       const title = options.label === "name" && model.name ? model.name : model.id;
       const busy = pending.has(model.id);
       const loaded = model.state === "ready" || model.state === "starting";
-      const button = loaded
+      const button = model.state === "failed"
+        ? h("button", { class: "button", type: "button", disabled: busy, title: "Clear the failed state so the next request tries again", onclick: () => act(model.id, () => store.unloadModel(model.id)) }, "Reset")
+        : loaded
         ? h("button", { class: "button", type: "button", disabled: busy, onclick: () => act(model.id, () => store.unloadModel(model.id)) }, "Unload")
         : h("button", { class: "button primary", type: "button", disabled: busy || model.state === "stopping", onclick: () => act(model.id, () => store.loadModel(model.id)) }, "Load");
       return h(
@@ -73,6 +75,7 @@ function modelsCard() {
             model.unlisted ? h("span", { class: "unlisted-tag" }, "unlisted") : null,
           ),
           model.description ? h("div", { class: "model-description" }, model.description) : null,
+          model.state === "failed" && model.reason ? h("div", { class: "model-reason", "data-testid": "reason" }, model.reason) : null,
         ),
         h(
           "td",
