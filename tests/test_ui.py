@@ -154,10 +154,15 @@ def test_queued_requests_are_shown(server, page):
     page.goto(server.url + "/ui/models")
     expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
 
+    outcomes: dict[str, object] = {}
+
     def post(path: str, model: str) -> None:
         body = json.dumps({"model": model, "stream": True}).encode()
-        with urllib.request.urlopen(urllib.request.Request(server.url + path, data=body), timeout=60) as answer:
-            answer.read()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(server.url + path, data=body), timeout=60) as answer:
+                outcomes[model] = (answer.status, answer.read()[-200:])
+        except Exception as error:  # reported by the assertion below
+            outcomes[model] = error
 
     streaming = threading.Thread(target=post, args=("/v1/chat/completions?chunks=60&delay=0.05", "alpha"))
     streaming.start()
@@ -167,6 +172,7 @@ def test_queued_requests_are_shown(server, page):
     expect(row.get_by_test_id("queued")).to_have_text("1 queued", timeout=10000)
     streaming.join(30)
     waiting.join(30)
+    assert outcomes["beta"][0] == 200, outcomes
     expect(row.get_by_test_id("queued")).to_have_count(0, timeout=10000)
     expect(row.get_by_test_id("state")).to_have_text("ready", timeout=10000)
     assert page.errors == []
