@@ -327,6 +327,7 @@ class Gateway:
             options=ConnectionOptions.from_timeouts(model.timeouts),
             upgrade=upgrade,
             explain=self._explainer(lease.process),
+            clock=self.clock,
         )
         return resource
 

@@ -22,7 +22,7 @@ from typing import Callable
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
@@ -51,6 +51,9 @@ HOP_BY_HOP = frozenset(
 # What a client may send before the server agreed to switch protocols,
 # before we stop reading from it.
 EARLY_DATA_LIMIT = 64 * 1024
+# How long a broken relay waits to learn how the server's process ended.
+EXIT_GRACE = 0.5
+EXIT_POLL = 0.02
 # Request headers we set ourselves rather than copy.
 NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
 
@@ -150,6 +153,7 @@ class _ProxiedExchange:
         self.tunnel = False
         self.early: list[bytes] = []  # what the client sent before the switch
         self.early_size = 0
+        self._awaited = False
 
     def start(self) -> None:
         request = self.request
@@ -246,7 +250,35 @@ class _ProxiedExchange:
             observer.data_received(data)
 
     def body_done(self, complete: bool, reason: str) -> None:
+        if not complete and self._await_exit(lambda: self.finish(complete, reason)):
+            return
         self.finish(complete, reason)
+
+    def _await_exit(self, then: Callable[[], None]) -> bool:
+        """
+        The server's connection broke: if its process is about to be
+        reported dead, wait a moment (at most L{EXIT_GRACE} seconds) so
+        that the error can say how it ended; C{then} runs after.  Whether
+        it waits.
+        """
+        resource = self.resource
+        if resource.explain is None or resource.clock is None or self.client_gone or self._awaited:
+            return False
+        if resource.explain() is not None:
+            return False
+        self._awaited = True
+        deadline = resource.clock.seconds() + EXIT_GRACE
+
+        def check() -> None:
+            if self.done:
+                return
+            if resource.explain() is None and resource.clock.seconds() < deadline and not self.client_gone:
+                resource.clock.callLater(EXIT_POLL, check)
+                return
+            then()
+
+        resource.clock.callLater(EXIT_POLL, check)
+        return True
 
     # flow control from the client side
     def pauseProducing(self) -> None:
@@ -265,6 +297,13 @@ class _ProxiedExchange:
         self.pending = None
         if self.client_gone or failure.check(CancelledError):
             self.finish(False, "cancelled")
+            return
+        if not failure.check(ResponseHeadTimeout) and self._await_exit(lambda: self._request_failed(failure)):
+            return
+        self._request_failed(failure)
+
+    def _request_failed(self, failure: Failure) -> None:
+        if self.done:
             return
         message = f"error proxying request to {self.resource.name}: {describe_failure(failure)}{self._explained()}"
         self.resource.log_error(message)
@@ -389,10 +428,12 @@ class ReverseProxyResource(Resource):
         set_headers: tuple[tuple[bytes, bytes], ...] = (),
         upgrade: bytes | None = None,
         explain: Callable[[], str | None] | None = None,
+        clock: IReactorTime | None = None,
     ):
         super().__init__()
         self.client = client
         self.explain = explain  # what became of the server, for error messages (a crash, with its exit status)
+        self.clock = clock
         self.name = name
         self.base = base
         self.target = target

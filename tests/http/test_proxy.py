@@ -104,7 +104,9 @@ def test_upstream_crash_mid_sse_stream_ends_it_with_an_error_event(server):
     assert body.reason.check(ResponseDone)  # a clean end for the client
     events = sse_events(body.data)
     assert len(events) == 4
-    assert "upstream m stopped responding" in json.loads(events[-1])["error"]["message"]
+    message = json.loads(events[-1])["error"]["message"]
+    assert "upstream m stopped responding" in message
+    assert "(model m exited with code" in message  # how it ended, once known
     assert server.state("m") == "stopped"
     assert server.chat("m")[0].code == 200  # restarted on demand
 
@@ -213,3 +215,34 @@ def test_service_keeps_serving_while_a_client_stalls(server):
     for _ in range(3):
         assert server.chat("m")[0].code == 200
     assert not staller.closed
+
+
+def test_a_broken_relay_waits_briefly_to_name_how_the_server_ended():
+    from twisted.internet.task import Clock
+    from twisted.python.failure import Failure
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from llamaswap.http.proxy import EXIT_GRACE, ReverseProxyResource, _ProxiedExchange
+
+    def exchange(exit_after: float | None):
+        clock = Clock()
+        ended = {"note": None}
+        if exit_after is not None:
+            clock.callLater(exit_after, ended.update, note="model m exited with code 139 (SIGSEGV)")
+        resource = ReverseProxyResource(
+            None, "m", "http://127.0.0.1:1", b"/", None, log_error=lambda message: None,
+            explain=lambda: ended["note"], clock=clock,
+        )  # fmt: skip
+        request = DummyRequest([b""])
+        relay = _ProxiedExchange(resource, request)
+        relay.request_failed(Failure(ConnectionResetError("connection lost")))
+        return clock, request
+
+    clock, request = exchange(0.1)  # the exit is reported just after the connection broke
+    assert request.written == []
+    clock.pump([0.02] * 7)
+    assert b"model m exited with code 139 (SIGSEGV)" in b"".join(request.written) and request.responseCode == 502
+    clock, request = exchange(None)  # the server lives on: the error goes out after the grace
+    clock.pump([0.05] * round(EXIT_GRACE / 0.05 + 2))
+    body = b"".join(request.written)
+    assert request.responseCode == 502 and b"connection lost" in body and b"exited" not in body
