@@ -51,8 +51,12 @@ ERROR_MESSAGE_LIMIT = 500
 CLIENT_GONE = 499
 
 
+def _arg(args: dict[bytes, list[bytes]], name: str) -> str:
+    return args.get(name.encode(), [b""])[0].decode("utf-8", "replace").strip()
+
+
 def _ids(args: dict[bytes, list[bytes]], name: str) -> int:
-    raw = args.get(name.encode(), [b""])[0].decode("utf-8", "replace").strip()
+    raw = _arg(args, name)
     if not raw:
         return 0
     try:
@@ -65,7 +69,7 @@ def _ids(args: dict[bytes, list[bytes]], name: str) -> int:
 
 
 def _moment(args: dict[bytes, list[bytes]], name: str) -> float | None:
-    raw = args.get(name.encode(), [b""])[0].decode("utf-8", "replace").strip()
+    raw = _arg(args, name)
     if not raw:
         return None
     moment = parse_rfc3339(raw)
@@ -80,10 +84,6 @@ def parse_query(args: dict[bytes, list[bytes]]) -> store.ActivityQuery:
     C{end}, C{min_id}, C{max_id}, C{limit} 1-999, C{page}, C{sort},
     C{order}); C{ValueError} with the message for the client otherwise.
     """
-
-    def text(name: str) -> str:
-        return args.get(name.encode(), [b""])[0].decode("utf-8", "replace").strip()
-
     models = tuple(
         dict.fromkeys(
             model for model in (raw.decode("utf-8", "replace").strip() for raw in args.get(b"model", ())) if model
@@ -96,25 +96,25 @@ def parse_query(args: dict[bytes, list[bytes]]) -> store.ActivityQuery:
     if min_id and max_id and min_id > max_id:
         raise ValueError("min_id must be <= max_id")
     limit = 25
-    if text("limit"):
+    if _arg(args, "limit"):
         try:
-            limit = int(text("limit"))
+            limit = int(_arg(args, "limit"))
         except ValueError:
             raise ValueError("invalid limit") from None
         if not 0 < limit < 1000:
             raise ValueError("limit must be between 1 and 999")
     page = 1
-    if text("page"):
+    if _arg(args, "page"):
         try:
-            page = int(text("page"))
+            page = int(_arg(args, "page"))
         except ValueError:
             page = 0
         if page < 1:
             raise ValueError("page must be >= 1")
-    sort = text("sort") or "id"
+    sort = _arg(args, "sort") or "id"
     if sort not in store.SORT_COLUMNS:
         raise ValueError("invalid sort column")
-    order = (text("order") or "desc").lower()
+    order = (_arg(args, "order") or "desc").lower()
     if order not in ("asc", "desc"):
         raise ValueError("order must be asc or desc")
     return store.ActivityQuery(
