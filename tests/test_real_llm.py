@@ -118,7 +118,11 @@ def test_streamed_chat_arrives_incrementally(server, client):
     gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
     assert arrivals[-1] - arrivals[0] > 0.1
     assert sorted(gaps)[len(gaps) // 2] > 0.003
-    recorded = metrics(server)[before:]
+    # the client stops at the last event; the answer's end reaches llamaswap
+    # a moment later, and only then is the request recorded
+    deadline = time.monotonic() + 5
+    while len(recorded := metrics(server)[before:]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(recorded) == 1
     streamed = recorded[0]
     # no usage in this server's streams: generated tokens are counted from the
@@ -202,3 +206,24 @@ def test_a_wrong_model_path_marks_the_model_failed_with_llama_cpps_reason(tmp_pa
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+
+
+def test_the_ollama_library_with_the_real_model(server):
+    ollama = pytest.importorskip("ollama")
+    client = ollama.Client(host=server)
+    assert {"smollm2", "smollm2-embed"} <= {model.model for model in client.list().models}
+    answer = client.chat(
+        model="smollm2", messages=[{"role": "user", "content": "Say hi."}], options={"num_predict": 8}
+    )
+    assert answer.message.content.strip() and answer.done and answer.eval_count > 0
+    pieces = list(
+        client.chat(
+            model="smollm2", messages=[{"role": "user", "content": "Count to five."}], options={"num_predict": 16}, stream=True
+        )
+    )
+    assert len(pieces) > 3 and pieces[-1].done and "".join(piece.message.content for piece in pieces).strip()
+    generated = client.generate(model="smollm2", prompt="The sky is", options={"num_predict": 8})
+    assert generated.response.strip() and generated.done
+    assert "smollm2" in [model.model for model in client.ps().models]
+    embedded = client.embed(model="smollm2-embed", input="hello world")
+    assert len(embedded.embeddings) == 1 and len(embedded.embeddings[0]) > 100  # one vector, tokens averaged

@@ -125,6 +125,7 @@ MODEL_KEYS = {
     "maxStartFailures",
     "failureCooldown",
     "fallback",
+    "passthroughOllama",
     "cmdStop",
     "proxy",
     "aliases",
@@ -620,6 +621,7 @@ def _build_model_fields(
         port=port,
         supervision=_build_supervision(fields, defaults.supervision, f"model '{model_id}': ", warnings),
         fallback=fields.text("fallback").strip() or None,
+        passthrough_ollama=fields.boolean("passthroughOllama", False),
     )
 
 

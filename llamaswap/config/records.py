@@ -160,6 +160,7 @@ class ModelConfig:
     port: int | None = None  # the automatic ${PORT}, when the model uses one
     supervision: Supervision = Supervision()
     fallback: str | None = None  # the model serving this one's requests while it is failed
+    passthrough_ollama: bool = False  # the server speaks Ollama's API itself: /api/* goes to it unchanged
 
     @property
     def strip_params(self) -> tuple[str, ...]:

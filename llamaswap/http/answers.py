@@ -65,6 +65,9 @@ def error_response(request, code: int, message: str, error_code: str | None = No
     """
     request.setResponseCode(code)
     request.error_message = message  # for the activity log
+    if getattr(request, "ollama", False):  # Ollama's clients read {"error": "..."}
+        body = json.dumps({"error": message}, ensure_ascii=False).encode("utf-8")
+        return sized(request, body, b"application/json; charset=utf-8")
     accept = b"" if json_only else request.getHeader(b"accept") or b""
     if b"text/plain" in accept:
         return sized(request, message.encode("utf-8"), b"text/plain; charset=utf-8")

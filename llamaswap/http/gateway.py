@@ -27,7 +27,7 @@ from llamaswap.http.answers import error_response
 from llamaswap.http.client import ConnectionOptions, UpstreamClient
 from llamaswap.http.jsonbody import InvalidBody, parse_request_body
 from llamaswap.http.loading import LoadingStream
-from llamaswap.http.proxy import ReverseProxyResource
+from llamaswap.http.proxy import AnswerTranslator, ReverseProxyResource
 from llamaswap.models.manager import ModelManager
 from llamaswap.models.process import ProcessShutdown, StartFailed
 from llamaswap.observe.activity import ActivityLog, ActivityObserver
@@ -47,6 +47,7 @@ class _Cancel:
 
     entry: Entry | None = None
     activity: ActivityObserver | None = None
+    translate: AnswerTranslator | None = None  # the answer in another API's shape
 
     def __init__(self) -> None:
         self.waiting: Deferred | None = None
@@ -122,6 +123,7 @@ class Gateway:
         on_done: Callable[[], None] | None = None,
         upgrade: bytes | None = None,
         track: bool = True,
+        translate: AnswerTranslator | None = None,
     ) -> bytes | Deferred:
         """
         Relay C{request} to C{model_id}'s server once it may be used.
@@ -137,6 +139,7 @@ class Gateway:
             model stays in use until the switched connection closes.
         @param track: list it among the in-flight requests (an inference
             request, not a WebSocket or a model server's web page).
+        @param translate: turns the answer into another API's shape.
         @return: an error body to send at once (429, 503), the resource
             that relays the answer when the model could be used at once, or
             a Deferred firing with that resource once it can (C{None} when
@@ -147,6 +150,7 @@ class Gateway:
             request.notifyFinish().addBoth(lambda _: on_done())
         request.metrics_model = model_id
         cancel = self._track(request, model_id, path, track and upgrade is None, body)
+        cancel.translate = translate
         return self._serve(request, model_id, body, path, loading, upgrade, cancel)
 
     def _serve(
@@ -236,6 +240,7 @@ class Gateway:
         on_done: Callable[[], None] | None = None,
         upgrade: bytes | None = None,
         track: bool = True,
+        translate: AnswerTranslator | None = None,
     ) -> ReverseProxyResource:
         """
         Relay C{request} to a peer, with its API key (as C{Authorization:
@@ -261,6 +266,7 @@ class Gateway:
             options=ConnectionOptions.from_timeouts(peer.timeouts),
             set_headers=set_headers,
             upgrade=upgrade,
+            translate=translate,
         )
         return resource
 
@@ -328,6 +334,7 @@ class Gateway:
             upgrade=upgrade,
             explain=self._explainer(lease.process),
             clock=self.clock,
+            translate=cancel.translate,
         )
         return resource
 

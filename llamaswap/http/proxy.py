@@ -131,6 +131,20 @@ def copy_response_headers(head: ResponseHead, request: Request) -> None:
             response_headers.addRawHeader(name, value)
 
 
+class AnswerTranslator(TypingProtocol):
+    """
+    Turns a server's answer into another API's shape as it streams past
+    (the Ollama API's answers from OpenAI ones): it chooses the status and
+    headers, and each piece of body becomes what the client is sent.
+    """
+
+    def head(self, head: ResponseHead) -> tuple[int, list[tuple[bytes, bytes]]]: ...
+
+    def data(self, data: bytes) -> bytes: ...
+
+    def end(self, complete: bool) -> bytes: ...
+
+
 @implementer(IPushProducer)
 class _ProxiedExchange:
     """
@@ -186,7 +200,14 @@ class _ProxiedExchange:
             self.switch_protocols(connection, head)
             return
         self.sse = b"text/event-stream" in (head.header(b"content-type") or b"").lower()
-        if not self.resource.headers_sent:
+        translate = self.resource.translate
+        if translate is not None:
+            code, headers = translate.head(head)
+            request.setResponseCode(code)
+            for name, value in headers:
+                request.responseHeaders.setRawHeaders(name, [value])
+            self.sse = False  # the client reads the translation, not the server's events
+        elif not self.resource.headers_sent:
             request.setResponseCode(head.code, head.phrase)
             copy_response_headers(head, request)
             if self.sse:
@@ -245,7 +266,13 @@ class _ProxiedExchange:
         if self.tunnel:
             self.request.channel.transport.write(data)
             return
-        self.request.write(data)
+        translate = self.resource.translate
+        if translate is None:
+            self.request.write(data)
+        else:
+            translated = translate.data(data)
+            if translated:
+                self.request.write(translated)
         for observer in self.observers:
             observer.data_received(data)
 
@@ -370,7 +397,13 @@ class _ProxiedExchange:
             if request.channel is not None:
                 request.channel.transport.loseConnection()
         elif not self.client_gone and not already_finished and not request.finished:
-            if complete:
+            translate = self.resource.translate
+            if translate is not None and self.streaming:
+                tail = translate.end(complete)
+                if tail:
+                    request.write(tail)
+                request.finish()  # the translation says how it ended
+            elif complete:
                 request.finish()
             elif self.sse:
                 # Tell a streaming client why its stream stops here.
@@ -429,11 +462,13 @@ class ReverseProxyResource(Resource):
         upgrade: bytes | None = None,
         explain: Callable[[], str | None] | None = None,
         clock: IReactorTime | None = None,
+        translate: AnswerTranslator | None = None,
     ):
         super().__init__()
         self.client = client
         self.explain = explain  # what became of the server, for error messages (a crash, with its exit status)
         self.clock = clock
+        self.translate = translate  # the answer in another API's shape (Ollama's)
         self.name = name
         self.base = base
         self.target = target

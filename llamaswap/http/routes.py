@@ -15,6 +15,7 @@ from twisted.python.filepath import FilePath
 from twisted.web.server import Request
 
 from llamaswap.config.records import COMFYUI_MODEL_ID
+from llamaswap.http import ollama
 from llamaswap.http.answers import error_response, json_response, sized
 from llamaswap.http.bodies import spooled_body, spooled_view
 from llamaswap.http.gateway import Gateway
@@ -299,6 +300,127 @@ class Routes:
         body, path = rename(peer_model if peer_model != requested else None)
         return self.gateway.forward_to_peer(
             request, self.config.peers[peer_id], body, path=path, metrics_name=f"{peer_id}/{peer_model}", on_done=on_done
+        )
+
+    # ------------------------------------------------------------ Ollama
+
+    @app.route("/api/chat", methods=["POST"])
+    def ollama_chat(self, request):
+        return self._ollama(request, "chat")
+
+    @app.route("/api/generate", methods=["POST"])
+    def ollama_generate(self, request):
+        return self._ollama(request, "generate")
+
+    @app.route("/api/embed", methods=["POST"])
+    def ollama_embed(self, request):
+        return self._ollama(request, "embed")
+
+    @app.route("/api/embeddings", methods=["POST"])
+    def ollama_embeddings(self, request):
+        return self._ollama(request, "embeddings")
+
+    def _ollama(self, request: Request, kind: str):
+        """
+        An Ollama inference request: translated to the OpenAI request it
+        means, routed like any other, its answer translated back -- or sent
+        unchanged to a model whose server speaks Ollama (C{passthroughOllama}).
+        """
+        request.ollama = True
+        try:
+            document = json.loads(_read_body(request))
+        except ValueError:
+            return error_response(request, 400, "the body is not valid JSON")
+        requested = document.get("model") if isinstance(document, dict) else None
+        if not isinstance(requested, str) or not requested:
+            return error_response(request, 400, "model is required")
+        resolution = self._resolve(request, requested)
+        if isinstance(resolution, bytes):
+            return resolution
+        on_done = resolution.release if resolution.selector else None
+        model = self.config.models.get(resolution.model_id) if resolution.model_id is not None else None
+        if model is not None and model.passthrough_ollama:
+            return self.gateway.forward(request, resolution.model_id, _read_body(request), on_done=on_done)
+        try:
+            if kind == "chat":
+                translated = ollama.chat_request(document)
+            elif kind == "generate":
+                translated = ollama.generate_request(document)
+            else:
+                translated = ollama.embed_request(document, legacy=kind == "embeddings")
+        except ollama.BadRequest as error:
+            return error_response(request, 400, str(error))
+        path = b"/v1/embeddings" if kind in ("embed", "embeddings") else b"/v1/chat/completions"
+        path += request.uri[len(request.path) :]  # the query string, as sent
+        translate = ollama.OllamaTranslator(kind, requested, translated.get("stream") is True)
+        parsed = parse_request_body(json.dumps(translated).encode("utf-8"))
+        renamed = resolution.name if resolution.name != requested else None
+        if model is not None:
+            body = parsed.rewrite(
+                model=model.use_model_name or renamed,
+                strip=model.filters.strip_params,
+                set_params=model.filters.params_for(resolution.name),
+            )
+            return self.gateway.forward(
+                request, resolution.model_id, body, path=path, on_done=on_done, translate=translate
+            )
+        peer_id, peer_model = resolution.peer
+        peer = self.config.peers[peer_id]
+        body = parsed.rewrite(
+            model=peer_model if peer_model != requested else None,
+            strip=peer.filters.strip_params,
+            set_params=peer.filters.params_for(resolution.name),
+        )
+        return self.gateway.forward_to_peer(
+            request, peer, body, path=path, metrics_name=f"{peer_id}/{peer_model}", on_done=on_done, translate=translate
+        )
+
+    @app.route("/api/tags", methods=["GET"])
+    def ollama_tags(self, request):
+        listing = model_listing(self.config, self.models.state_of, self.profiles)
+        modified = ollama.now_text()
+        tags = []
+        for entry in sorted(listing, key=lambda entry: entry["id"]):
+            model = self.config.models.get(self.config.real_model_name(entry["id"]) or "")
+            tags.append(ollama.tag(entry["id"], modified, model.metadata if model is not None else None))
+        return json_response(request, {"models": tags})
+
+    @app.route("/api/ps", methods=["GET"])
+    def ollama_ps(self, request):
+        expires = ollama.now_text()
+        ready = [
+            ollama.running(model_id, expires, self.config.models[model_id].metadata)
+            for model_id in sorted(self.config.models)
+            if self.models.state_of(model_id) == "ready"
+        ]
+        return json_response(request, {"models": ready})
+
+    @app.route("/api/show", methods=["POST"])
+    def ollama_show(self, request):
+        request.ollama = True
+        try:
+            document = json.loads(_read_body(request))
+        except ValueError:
+            return error_response(request, 400, "the body is not valid JSON")
+        requested = document.get("model") or document.get("name") if isinstance(document, dict) else None
+        model_id = self.config.real_model_name(requested) if isinstance(requested, str) else None
+        if model_id is None:
+            return error_response(request, 404, f"model '{requested}' not found")
+        return json_response(request, ollama.show(model_id, self.config.models[model_id]))
+
+    @app.route("/api/pull", methods=["POST"])
+    @app.route("/api/push", methods=["POST"])
+    @app.route("/api/create", methods=["POST"])
+    @app.route("/api/copy", methods=["POST"])
+    @app.route("/api/delete", methods=["DELETE"])
+    @app.route("/api/blobs/<path:digest>", methods=["HEAD", "POST"])
+    def ollama_management(self, request, digest=None):
+        request.ollama = True
+        return error_response(
+            request,
+            501,
+            "llamaswap runs the model servers you configure: pull, push, create, copy and delete models "
+            "on the machine, then add them to llamaswap's configuration",
         )
 
     # ------------------------------------------------------------ upstream
