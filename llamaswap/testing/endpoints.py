@@ -277,7 +277,26 @@ def _model_of(request, body) -> str:
     return document.get("model", "") if isinstance(document, dict) else ""
 
 
+def ollama_chat(fake, request, body):
+    """
+    A server that speaks Ollama's API natively (for passthroughOllama).
+    """
+    document = _document(fake, request, body)
+    if isinstance(document, bytes):
+        return document
+    return fake._send_json(
+        request,
+        {
+            "model": document.get("model", fake.respond),
+            "created_at": "2026-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": f"native ollama {fake.respond}"},
+            "done": True,
+        },
+    )
+
+
 ROUTES = {
+    ("POST", "/api/chat"): ollama_chat,
     ("POST", "/v1/responses"): responses,
     ("POST", "/v1/messages"): messages,
     ("POST", "/v1/messages/count_tokens"): count_tokens,

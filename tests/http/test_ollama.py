@@ -170,3 +170,25 @@ def test_token_embeddings_are_averaged_into_one_vector():
 
     assert _vector([[1.0, 2.0], [3.0, 6.0]]) == [2.0, 4.0]
     assert _vector([0.5, 0.25]) == [0.5, 0.25]
+
+
+def test_passthrough_sends_ollama_requests_unchanged(memory):
+    server = memory(CONFIG.replace("  other:\n", "  other:\n    passthroughOllama: true\n"))
+    response, body = server.fetch("POST", "/api/chat", json={"model": "other", "messages": [], "stream": False})
+    assert response.code == 200 and json.loads(body)["message"]["content"] == "native ollama other"
+
+
+def test_each_event_becomes_a_line_as_it_arrives(memory):
+    server = memory(CONFIG)
+    server.chat("m")
+    response = server.run(
+        server.post("/api/chat?chunks=5&delay=0.5", json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    )
+    collector = server.collect(response)
+    server.advance(0.1)
+    seen = []
+    for _ in range(6):
+        server.advance(0.5)
+        seen.append(len(lines(b"".join(piece for _, piece in collector.pieces))))
+    assert seen[:4] == [2, 3, 4, 5]  # one more line every half second, not all at the end
+    assert collector.reason is not None and lines(b"".join(piece for _, piece in collector.pieces))[-1]["done"]
