@@ -225,5 +225,10 @@ def test_the_ollama_library_with_the_real_model(server):
     generated = client.generate(model="smollm2", prompt="The sky is", options={"num_predict": 8})
     assert generated.response.strip() and generated.done
     assert "smollm2" in [model.model for model in client.ps().models]
+    assert client.show("smollm2").capabilities
     embedded = client.embed(model="smollm2-embed", input="hello world")
     assert len(embedded.embeddings) == 1 and len(embedded.embeddings[0]) > 100  # one vector, tokens averaged
+    assert len(client.embeddings(model="smollm2-embed", prompt="hello").embedding) > 100
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.pull("smollm2")
+    assert refused.value.status_code == 501

@@ -192,3 +192,18 @@ def test_each_event_becomes_a_line_as_it_arrives(memory):
         seen.append(len(lines(b"".join(piece for _, piece in collector.pieces))))
     assert seen[:4] == [2, 3, 4, 5]  # one more line every half second, not all at the end
     assert collector.reason is not None and lines(b"".join(piece for _, piece in collector.pieces))[-1]["done"]
+
+
+def test_a_peers_model_through_ollamas_api(memory):
+    from llamaswap.testing.harness import InMemoryLlamaswap
+
+    server = memory(CONFIG + "peers:\n  far:\n    proxy: http://127.0.0.1:8081\n    models: [remote]\n")
+    far = InMemoryLlamaswap(f"models:\n  remote:\n    cmd: {fake('remote')}\n", world=server.world, port=8081)
+    try:
+        _, body = server.fetch("POST", "/api/chat", json={"model": "far/remote", "messages": [], "stream": False})
+        document = json.loads(body)
+        assert document["model"] == "far/remote" and document["message"]["content"].startswith("remote-0")
+        _, body = server.fetch("POST", "/api/generate?chunks=2", json={"model": "far/remote", "prompt": "x"})
+        assert "".join(line["response"] for line in lines(body)) == "remote-0 remote-1 "
+    finally:
+        far.stop()
