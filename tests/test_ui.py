@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import textwrap
@@ -245,6 +246,60 @@ def test_activity_and_statistics_update_live(server, page):
     expect(page.get_by_test_id("stat-generated")).to_have_text("20")
     expect(page.get_by_test_id("stat-p50")).to_have_text("250.0")
     assert page.url.endswith("/ui/models")
+
+
+def test_activity_filters_captures_export_and_cancel(server, page, tmp_path):
+    import threading
+
+    page.goto(server.url + "/ui/activity")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    body = json.dumps({"model": "beta", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with urllib.request.urlopen(urllib.request.Request(server.url + "/v1/chat/completions?chunks=3", data=body), timeout=30) as answer:
+        answer.read()
+    server.chat("alpha")
+    table = page.get_by_test_id("activity")
+    expect(table.locator("tbody tr")).to_have_count(2)
+    # filter by model
+    page.get_by_test_id("filter-model").select_option("beta")
+    expect(table.locator("tbody tr")).to_have_count(1)
+    # the capture of the streamed answer: headers, and the message it assembles to
+    table.get_by_role("button", name="Show the capture of request 1").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_test_id("assembled")).to_have_text("beta-0 beta-1 beta-2 ")
+    expect(dialog.get_by_test_id("capture-body").first).to_contain_text('"stream": true')
+    dialog.get_by_role("button", name="Close").click()
+    expect(dialog).to_have_count(0)
+    # export what is shown
+    with page.expect_download() as downloading:
+        page.get_by_role("button", name="CSV").click()
+    saved = tmp_path / "activity.csv"
+    downloading.value.save_as(saved)
+    rows = saved.read_text().splitlines()
+    assert rows[0].startswith("id,time,model") and len(rows) == 2 and ",beta," in rows[1]
+    # a stream in flight, cancelled from the page
+    page.get_by_test_id("filter-model").select_option("")
+    outcome = {}
+
+    def stream():
+        request = urllib.request.Request(
+            server.url + "/v1/chat/completions?chunks=200&delay=0.05",
+            data=json.dumps({"model": "alpha", "stream": True}).encode(),
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            outcome["body"] = answer.read()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    inflight = page.get_by_test_id("inflight")
+    expect(inflight.locator("tbody tr")).to_have_count(1, timeout=10000)
+    inflight.get_by_role("button", name=re.compile("Cancel request")).click()
+    thread.join(15)
+    assert b"request cancelled" in outcome["body"]
+    expect(page.get_by_test_id("inflight-count")).to_have_text("0")
+    expect(table.locator("tbody tr")).to_have_count(3)
+    expect(table.locator("tbody tr").first.locator(".status")).to_have_attribute("data-ok", "false")
+    assert page.errors == []
 
 
 def test_theme_toggle_is_remembered(server, page):

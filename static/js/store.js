@@ -17,6 +17,8 @@ class Store {
     this.models = [];
     this.metrics = [];
     this.logs = { proxy: "", upstream: "" };
+    this.inflight = new Map(); // in-flight requests by id
+    this.uiConfig = { activity: { session_id: [] } };
     this.listeners = new Map();
     this.source = null;
     this.backoff = BACKOFF_MIN;
@@ -82,6 +84,20 @@ class Store {
       this.emit("models", data);
     } else if (envelope.type === "logData") {
       this.appendLog(data.source, data.data);
+    } else if (envelope.type === "activity") {
+      this.emit("activity", data.id);
+    } else if (envelope.type === "inflight") {
+      if (data.operation === "snapshot") {
+        this.inflight = new Map((data.requests || []).map((request) => [request.id, request]));
+      } else if (data.operation === "upsert" && data.request) {
+        this.inflight.set(data.request.id, data.request);
+      } else if (data.operation === "remove") {
+        this.inflight.delete(data.id);
+      }
+      this.emit("inflight", this.inflight);
+    } else if (envelope.type === "uiConfig") {
+      this.uiConfig = data;
+      this.emit("uiConfig", data);
     } else if (envelope.type === "metrics") {
       if (this.fresh.metrics) {
         this.fresh.metrics = false;
@@ -104,6 +120,11 @@ class Store {
     }
     this.logs[source] = log;
     this.emit("log:" + source, log);
+  }
+
+  async cancel(id) {
+    const response = await fetch(`/api/inflight/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+    if (!response.ok) throw new Error(`cancelling ${id} failed: HTTP ${response.status}`);
   }
 
   async loadModel(id) {
