@@ -64,7 +64,7 @@ class Server:
                   beta:
                     name: "Beta 13B"
                     description: "second test model"
-                    cmd: {fake("beta")}
+                    cmd: {fake("beta", "--colour")}
                   hidden:
                     cmd: {fake("hidden")}
                     unlisted: true
@@ -229,6 +229,33 @@ def test_log_filter(server, page):
     expect(upstream_log).to_contain_text("fake upstream beta: listening")
     page.get_by_role("button", name="Wrap").first.click()
     expect(proxy_log).to_have_class("log-body wrap")
+
+
+def test_logs_in_colour_one_model_alone_and_paused(server, page):
+    server.chat("beta")
+    page.goto(server.url + "/ui/logs")
+    upstream_log = page.get_by_test_id("log-upstream")
+    expect(upstream_log.locator("span.ansi-fg-2.ansi-bold")).to_have_text("listening")
+    expect(upstream_log.locator("span.ansi-fg-6").first).to_contain_text("127.0.0.1:")
+    assert "\x1b" not in upstream_log.inner_text()
+    server.chat("alpha")
+    expect(upstream_log).to_contain_text("fake upstream alpha")
+    # one model alone, from its own stream
+    page.get_by_test_id("log-model-upstream").select_option("beta")
+    expect(upstream_log).to_contain_text("fake upstream beta")
+    expect(upstream_log).not_to_contain_text("fake upstream alpha")
+    page.get_by_test_id("log-model-upstream").select_option("")
+    expect(upstream_log).to_contain_text("fake upstream alpha")
+    # paused: new output waits until resumed
+    proxy_log = page.get_by_test_id("log-proxy")
+    page.locator('[data-log="proxy"]').get_by_role("button", name="Pause").click()
+    before = proxy_log.inner_text()
+    server.chat("beta")
+    page.wait_for_timeout(500)
+    assert proxy_log.inner_text() == before
+    page.locator('[data-log="proxy"]').get_by_role("button", name="Resume").click()
+    expect(proxy_log).not_to_have_text(before)
+    assert page.errors == []
 
 
 def test_activity_and_statistics_update_live(server, page):

@@ -546,6 +546,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--crash-after", type=float, default=None, help="exit after this many seconds")
     parser.add_argument("--exit-code", type=int, default=1, help="exit code for --crash-after")
     parser.add_argument("--silent", action="store_true")
+    parser.add_argument("--colour", action="store_true", help="print its start-up line in ANSI colours")
     # Flags meant for a real server (--model, --ctx-size...) are ignored, so
     # that the fake can stand in for it in a real configuration.
     options, _ = parser.parse_known_args(argv)
@@ -590,7 +591,10 @@ class FakeServer:
 
     def _start_listening(self) -> None:
         self._listen(self.site)
-        self.say(f"listening on {self.options.host}:{self.options.port}")
+        if getattr(self.options, "colour", False):
+            self.say(f"\x1b[1;32mlistening\x1b[0m on \x1b[36m{self.options.host}:{self.options.port}\x1b[0m")
+        else:
+            self.say(f"listening on {self.options.host}:{self.options.port}")
 
     def _crash(self) -> None:
         self.say(f"crashing on purpose with code {self.options.exit_code}")
