@@ -144,7 +144,28 @@ def test_load_and_unload_a_model(server, page):
     row.get_by_role("button", name="Unload").click()
     expect(row.get_by_test_id("state")).to_have_text("stopped", timeout=15000)
     # the model's upstream page is one click away
-    assert row.get_by_role("link").get_attribute("href") == "/upstream/alpha/"
+    assert row.get_by_role("link", name="Open alpha's own page").get_attribute("href") == "/upstream/alpha/"
+    assert page.errors == []
+
+
+def test_a_models_own_page(server, page):
+    page.goto(server.url + "/ui/models")
+    model_row(page, "alpha").get_by_role("link", name="alpha", exact=True).click()
+    assert page.url.endswith("/ui/models/alpha")
+    settings = page.get_by_test_id("settings")
+    expect(settings).to_contain_text("first test model")
+    expect(settings).to_contain_text("--respond alpha")
+    state = page.get_by_test_id("state")
+    expect(state).to_have_text("stopped")
+    page.get_by_role("button", name="Load").click()
+    expect(state).to_have_text("ready", timeout=15000)
+    expect(page.get_by_test_id("model-log")).to_contain_text("fake upstream alpha", timeout=10000)
+    server.chat("alpha")
+    expect(page.get_by_test_id("model-activity").locator("tbody tr")).to_have_count(1, timeout=10000)
+    page.get_by_role("button", name="Unload").click()
+    expect(state).to_have_text("stopped", timeout=15000)
+    page.go_back()
+    expect(model_row(page, "alpha")).to_be_visible()
     assert page.errors == []
 
 
@@ -199,7 +220,7 @@ def test_unlisted_names_and_unload_all(server, page):
     page.get_by_role("button", name="Show unlisted").click()
     expect(model_row(page, "hidden")).to_have_count(0)
     page.get_by_role("button", name="Show names").click()
-    expect(model_row(page, "alpha").locator(".model-name a")).to_have_text("Alpha 7B")
+    expect(model_row(page, "alpha").locator(".model-name a[data-page]")).to_have_text("Alpha 7B")
     server.chat("beta")
     expect(model_row(page, "beta").get_by_test_id("state")).to_have_text("ready")
     page.get_by_role("button", name="Unload all").click()
@@ -207,7 +228,7 @@ def test_unlisted_names_and_unload_all(server, page):
     # preferences survive a reload
     page.reload()
     expect(model_row(page, "hidden")).to_have_count(0)
-    expect(model_row(page, "alpha").locator(".model-name a")).to_have_text("Alpha 7B")
+    expect(model_row(page, "alpha").locator(".model-name a[data-page]")).to_have_text("Alpha 7B")
 
 
 def test_log_filter(server, page):

@@ -21,6 +21,7 @@ from llamaswap.http.bodies import spooled_body, spooled_view
 from llamaswap.http.gateway import Gateway
 from llamaswap.http.jsonbody import InvalidBody, parse_request_body
 from llamaswap.http.listing import find_model_in_path, ignored_path, model_listing
+from llamaswap.http.modelinfo import model_settings
 from llamaswap.http.multipart import (
     InvalidForm,
     boundary_of,
@@ -532,6 +533,21 @@ class Routes:
             return error_response(request, 404, "Model not found")
 
         return self.models.unload(model_id).addCallback(lambda _: sized(request, b"OK", TEXT))
+
+    @app.route("/api/models/<path:model>", methods=["GET"])
+    def api_model(self, request, model):
+        """
+        One model's settings for the UI's model page (secrets masked).
+        """
+        model_id = self.config.real_model_name(model)
+        if model_id is None:
+            return error_response(request, 404, "Model not found")
+        process = self.models.processes[model_id]
+        state = self.models.state_shown(model_id)
+        reason = process.supervisor.reason if state == "failed" else ""
+        return json_response(
+            request, model_settings(self.config, model_id, state, self.models.scheduler.queued(model_id), reason)
+        )
 
     @app.route("/api/profiles", methods=["GET"])
     def api_profiles(self, request):

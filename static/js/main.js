@@ -4,6 +4,7 @@
 import { persist, persisted } from "./dom.js";
 import { activityPage } from "./pages/activity.js";
 import { logsPage } from "./pages/logs.js";
+import { modelPage } from "./pages/model.js";
 import { modelsPage } from "./pages/models.js";
 import { store } from "./store.js";
 
@@ -77,12 +78,19 @@ function pageFromPath(path) {
   return PAGES[name] ? name : DEFAULT_PAGE;
 }
 
+// /ui/models/<id>: one model's page (ids may hold slashes)
+function modelFromPath(path) {
+  const match = path.match(/^\/ui\/models\/(.+)$/);
+  return match ? match[1].split("/").map(decodeURIComponent).join("/") : null;
+}
+
 function show(name) {
   const container = document.getElementById("page");
   if (cleanup) cleanup();
   container.replaceChildren();
   container.dataset.page = name;
-  cleanup = PAGES[name](container);
+  const model = name === "models" ? modelFromPath(location.pathname) : null;
+  cleanup = model ? modelPage(container, model) : PAGES[name](container);
   for (const link of document.querySelectorAll(".tabs a")) {
     if (link.dataset.page === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -90,7 +98,7 @@ function show(name) {
 }
 
 function setupRouting() {
-  document.querySelector(".tabs").addEventListener("click", (event) => {
+  document.body.addEventListener("click", (event) => {
     const link = event.target.closest("a[data-page]");
     if (!link || event.metaKey || event.ctrlKey || event.shiftKey) return;
     event.preventDefault();

@@ -510,3 +510,30 @@ def test_without_a_health_check_a_server_that_never_listens_fails_after_the_time
     assert response.code == 502
     assert b"health check timed out after 15s" in body and b"connection refused" in body
     assert 15 <= server.reactor.seconds() - started < 16
+
+
+def test_a_models_settings_with_secrets_masked(memory):
+    from tests.helpers import PYTHON, yaml_quote
+
+    command = f"{PYTHON} -m llamaswap.testing.upstream --port ${{PORT}} --api-key sk-very-secret --hf-token=hf_abc --note sk-configured"
+    server = memory(
+        "apiKeys: [sk-configured]\n"
+        "models:\n"
+        "  m:\n"
+        f"    cmd: {yaml_quote(command)}\n"
+        "    env: [HF_TOKEN=hf_xyz, MODE=fast]\n"
+        "    aliases: [gpt]\n"
+        "    metadata: {family: llama}\n"
+        "    capabilities: {in: [text, image], tools: true, context: 8192}\n"
+    )
+    response, body = server.fetch("GET", "/api/models/gpt", headers={"Authorization": "Bearer sk-configured"})
+    document = json.loads(body)
+    assert response.code == 200 and document["id"] == "m" and document["state"] == "stopped"
+    for secret in (b"sk-very-secret", b"hf_abc", b"hf_xyz", b"sk-configured"):
+        assert secret not in body
+    assert "--api-key ••••••" in document["cmd"] and "--hf-token=••••••" in document["cmd"]
+    assert document["env"] == ["HF_TOKEN=••••••", "MODE=fast"]
+    assert document["capabilities"]["in"] == ["text", "image"] and document["capabilities"]["context"] == 8192
+    assert document["metadata"] == {"family": "llama"} and document["aliases"] == ["gpt"]
+    missing = server.fetch("GET", "/api/models/ghost", headers={"Authorization": "Bearer sk-configured"})
+    assert missing[0].code == 404

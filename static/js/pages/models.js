@@ -71,7 +71,8 @@ function modelsCard() {
           h(
             "div",
             { class: "model-name" },
-            h("a", { href: `/upstream/${modelPath(model.id)}/`, target: "_blank", rel: "noopener", title: "Open the model server's own page" }, title),
+            h("a", { href: `/ui/models/${modelPath(model.id)}`, "data-page": "models", title: "Settings, activity and log of this model" }, title),
+            h("a", { class: "server-link", href: `/upstream/${modelPath(model.id)}/`, target: "_blank", rel: "noopener", title: "Open the model server's own page", "aria-label": `Open ${model.id}'s own page` }, "↗"),
             model.unlisted ? h("span", { class: "unlisted-tag" }, "unlisted") : null,
           ),
           model.description ? h("div", { class: "model-description" }, model.description) : null,
