@@ -178,16 +178,22 @@ def test_queued_requests_are_shown(server, page):
 
     outcomes: dict[str, object] = {}
 
+    streaming_started = threading.Event()
+
     def post(path: str, model: str) -> None:
         body = json.dumps({"model": model, "stream": True}).encode()
         try:
             with urllib.request.urlopen(urllib.request.Request(server.url + path, data=body), timeout=60) as answer:
-                outcomes[model] = (answer.status, answer.read()[-200:])
+                first = answer.readline()
+                streaming_started.set()
+                outcomes[model] = (answer.status, (first + answer.read())[-200:])
         except Exception as error:  # reported by the assertion below
             outcomes[model] = error
+            streaming_started.set()
 
     streaming = threading.Thread(target=post, args=("/v1/chat/completions?chunks=60&delay=0.05", "alpha"))
     streaming.start()
+    assert streaming_started.wait(10)  # alpha is busy before beta asks
     waiting = threading.Thread(target=post, args=("/v1/chat/completions", "beta"))
     waiting.start()
     row = model_row(page, "beta")
