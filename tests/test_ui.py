@@ -398,6 +398,30 @@ def test_survives_a_server_restart(server, page):
     expect(model_row(page, "beta").get_by_test_id("state")).to_have_text("ready")
 
 
+def test_settings_theme_profile_and_build(server, page):
+    server.config.write_text(
+        server.config.read_text() + "profiles:\n  quiet:\n    description: only beta\n    pins: {alpha: beta}\n"
+    )
+    server.stop()
+    server.start()
+    page.goto(server.url + "/ui/settings")
+    expect(page.get_by_test_id("build")).to_contain_text("Version")
+    page.get_by_role("radio", name="Dark").check()
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    page.get_by_role("radio", name="Light").check()
+    expect(page.locator("html")).to_have_attribute("data-theme", "light")
+    page.reload()
+    expect(page.get_by_role("radio", name="Light")).to_be_checked()
+    # the profile switch changes routing: alpha is answered by beta
+    page.get_by_test_id("profile-select").select_option("quiet")
+    expect(page.get_by_text("switched")).to_be_visible()
+    assert server.chat("alpha")["responseMessage"] == "beta"
+    page.get_by_test_id("profile-select").select_option("")
+    expect(page.get_by_test_id("profile-select")).to_have_value("")
+    assert server.chat("alpha")["responseMessage"] == "alpha"
+    assert page.errors == []
+
+
 @pytest.mark.parametrize("theme", ["light", "dark"])
 @pytest.mark.parametrize("width, height", [(1280, 800), (390, 844)])
 def test_screenshots(server, browser, theme, width, height):
@@ -409,7 +433,7 @@ def test_screenshots(server, browser, theme, width, height):
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     try:
-        for name in ("models", "logs", "activity"):
+        for name in ("models", "logs", "activity", "settings", "models/alpha"):
             page.goto(f"{server.url}/ui/{name}")
             expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
             expect(page.locator("html")).to_have_attribute("data-theme", theme)
@@ -417,7 +441,7 @@ def test_screenshots(server, browser, theme, width, height):
             # nothing sticks out sideways
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"{name} is {overflow}px wider than the {width}px viewport"
-            page.screenshot(path=str(ARTIFACTS / f"{name}-{theme}-{width}x{height}.png"))
+            page.screenshot(path=str(ARTIFACTS / f"{name.replace('/', '-')}-{theme}-{width}x{height}.png"))
     finally:
         context.close()
     assert errors == []

@@ -5,10 +5,11 @@ import { persist, persisted } from "./dom.js";
 import { activityPage } from "./pages/activity.js";
 import { logsPage } from "./pages/logs.js";
 import { modelPage } from "./pages/model.js";
+import { applyTheme, settingsPage } from "./pages/settings.js";
 import { modelsPage } from "./pages/models.js";
 import { store } from "./store.js";
 
-const PAGES = { logs: logsPage, models: modelsPage, activity: activityPage };
+const PAGES = { logs: logsPage, models: modelsPage, activity: activityPage, settings: settingsPage };
 const DEFAULT_PAGE = "models";
 const NARROW = window.matchMedia("(max-width: 760px)");
 
@@ -45,10 +46,10 @@ function setupTheme() {
     const next = current() === "dark" ? "light" : "dark";
     document.documentElement.dataset.theme = next;
     persist("theme", next);
+    const radio = document.querySelector(`input[name="theme"][value="${next}"]`);
+    if (radio) radio.checked = true;
   });
-  system.addEventListener("change", () => {
-    if (persisted("theme", null) === null) document.documentElement.dataset.theme = system.matches ? "dark" : "light";
-  });
+  system.addEventListener("change", () => applyTheme(persisted("theme", null)));
 }
 
 function setupConnection() {

@@ -95,6 +95,8 @@ class Store {
         this.inflight.delete(data.id);
       }
       this.emit("inflight", this.inflight);
+    } else if (envelope.type === "profileChanged") {
+      this.emit("profile", data.active);
     } else if (envelope.type === "uiConfig") {
       this.uiConfig = data;
       this.emit("uiConfig", data);
