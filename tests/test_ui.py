@@ -422,6 +422,18 @@ def test_settings_theme_profile_and_build(server, page):
     assert page.errors == []
 
 
+def test_performance_charts(server, page):
+    for model in ("alpha", "beta"):
+        server.chat(model)
+    page.goto(server.url + "/ui/performance")
+    expect(page.get_by_test_id("chart-cpu").locator("path.chart-line")).to_have_count(1, timeout=15000)
+    expect(page.get_by_test_id("chart-memory").locator("path.chart-line")).to_have_count(1)
+    expect(page.get_by_test_id("chart-rate").locator("path.chart-line")).to_have_count(1)
+    expect(page.get_by_test_id("chart-speed").locator("path.chart-line")).to_have_count(1)
+    expect(page.get_by_role("img", name="CPU use over time")).to_be_visible()
+    assert page.errors == []
+
+
 @pytest.mark.parametrize("theme", ["light", "dark"])
 @pytest.mark.parametrize("width, height", [(1280, 800), (390, 844)])
 def test_screenshots(server, browser, theme, width, height):
@@ -433,7 +445,7 @@ def test_screenshots(server, browser, theme, width, height):
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     try:
-        for name in ("models", "logs", "activity", "settings", "models/alpha"):
+        for name in ("models", "logs", "activity", "performance", "settings", "models/alpha"):
             page.goto(f"{server.url}/ui/{name}")
             expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
             expect(page.locator("html")).to_have_attribute("data-theme", theme)

@@ -5,11 +5,12 @@ import { persist, persisted } from "./dom.js";
 import { activityPage } from "./pages/activity.js";
 import { logsPage } from "./pages/logs.js";
 import { modelPage } from "./pages/model.js";
+import { performancePage } from "./pages/performance.js";
 import { applyTheme, settingsPage } from "./pages/settings.js";
 import { modelsPage } from "./pages/models.js";
 import { store } from "./store.js";
 
-const PAGES = { logs: logsPage, models: modelsPage, activity: activityPage, settings: settingsPage };
+const PAGES = { logs: logsPage, models: modelsPage, activity: activityPage, performance: performancePage, settings: settingsPage };
 const DEFAULT_PAGE = "models";
 const NARROW = window.matchMedia("(max-width: 760px)");
 
