@@ -414,7 +414,8 @@ def test_settings_theme_profile_and_build(server, page):
     expect(page.get_by_role("radio", name="Light")).to_be_checked()
     # the profile switch changes routing: alpha is answered by beta
     page.get_by_test_id("profile-select").select_option("quiet")
-    expect(page.get_by_text("switched")).to_be_visible()
+    expect(page.get_by_test_id("profile-status")).to_have_text("switched")
+    expect(page.get_by_test_id("profile-select")).to_have_value("quiet")
     assert server.chat("alpha")["responseMessage"] == "beta"
     page.get_by_test_id("profile-select").select_option("")
     expect(page.get_by_test_id("profile-select")).to_have_value("")

@@ -37,6 +37,7 @@ export function settingsPage(container) {
     ),
   );
   const profiles = h("div", { "data-testid": "profiles" }, "Loading…");
+  const status = h("span", { class: "muted", "aria-live": "polite", "data-testid": "profile-status" }); // kept across redraws
   const build = h("div", { "data-testid": "build" }, "Loading…");
   container.append(
     h("div", { class: "model-grid" }, section("Theme", themes), section("Profile", profiles), section("About", build)),
@@ -57,7 +58,6 @@ export function settingsPage(container) {
         ...list.map((profile) => h("option", { value: profile.id, selected: profile.id === active }, profile.id)),
       );
       select.value = active || "";
-      const status = h("span", { class: "muted", "aria-live": "polite" });
       select.addEventListener("change", async () => {
         const answer = await fetch("/api/profiles/active", {
           method: "PUT",
