@@ -435,6 +435,34 @@ def test_performance_charts(server, page):
     assert page.errors == []
 
 
+def test_with_api_keys_the_browser_signs_in_once(server, browser):
+    server.config.write_text("apiKeys: [sk-ui-key]\n" + server.config.read_text())
+    server.stop()
+    server.start()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(server.url + "/ui/models", timeout=10)
+    assert refused.value.code == 401  # what makes a browser ask for the key
+    assert refused.value.headers["WWW-Authenticate"] == 'Basic realm="llama-swap"'
+
+    context = browser.new_context(http_credentials={"username": "me", "password": "sk-ui-key"})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(server.url + "/ui/models")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "connected")  # the event stream too
+        row = model_row(page, "beta")
+        row.get_by_role("button", name="Load").click()
+        expect(row.get_by_test_id("state")).to_have_text("ready", timeout=15000)
+        page.get_by_role("link", name="Activity").click()
+        expect(page.get_by_test_id("inflight-count")).to_have_text("0")
+        page.get_by_role("link", name="Settings").click()
+        expect(page.get_by_test_id("build")).to_contain_text("Version")
+    finally:
+        context.close()
+    assert errors == []
+
+
 @pytest.mark.parametrize("theme", ["light", "dark"])
 @pytest.mark.parametrize("width, height", [(1280, 800), (390, 844)])
 def test_screenshots(server, browser, theme, width, height):
