@@ -423,6 +423,49 @@ def test_settings_theme_profile_and_build(server, page):
     assert page.errors == []
 
 
+def test_playground_chat_streams_and_stops(server, page):
+    page.goto(server.url + "/ui/playground")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    page.get_by_test_id("playground-model").select_option("beta")
+    page.get_by_label("Message").fill("Hello there")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator('.bubble[data-role="assistant"]').last
+    expect(answer).to_contain_text("beta-0 beta-1", timeout=15000)
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    # a long answer (the fake is told to stream slowly), stopped half way
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.continue_(url=route.request.url + "?chunks=400&delay=0.05"),
+    )
+    page.get_by_label("Message").fill("Tell me more")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator('.bubble[data-role="assistant"]').last
+    expect(answer).to_contain_text("beta-3", timeout=10000)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.get_by_test_id("playground-status")).to_have_text("stopped")
+    assert "beta-399" not in answer.inner_text()
+    # the conversation stays in the browser, until cleared
+    page.reload()
+    expect(page.locator(".bubble")).to_have_count(4)
+    page.get_by_role("button", name="Clear").click()
+    expect(page.locator(".bubble")).to_have_count(0)
+    assert page.errors == []
+
+
+def test_markdown_is_built_safely(server, page):
+    page.goto(server.url + "/ui/playground")
+    html = page.evaluate(
+        r"""async () => {
+            const { renderMarkdown } = await import('/ui/js/markdown.js');
+            const node = renderMarkdown('# Title\n**bold** and `code` <img src=x onerror=alert(1)>\n\n- one\n- two\n\n```py\nprint(1)\n```');
+            return node.innerHTML;
+        }"""
+    )
+    assert "<strong>bold</strong>" in html and "<code>code</code>" in html and "<li>two</li>" in html
+    assert '<code data-language="py">print(1)</code>' in html
+    assert "<img" not in html and "&lt;img" in html  # model output is text, never markup
+
+
 def test_performance_charts(server, page):
     for model in ("alpha", "beta"):
         server.chat(model)
@@ -474,7 +517,7 @@ def test_screenshots(server, browser, theme, width, height):
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     try:
-        for name in ("models", "logs", "activity", "performance", "settings", "models/alpha"):
+        for name in ("playground", "models", "logs", "activity", "performance", "settings", "models/alpha"):
             page.goto(f"{server.url}/ui/{name}")
             expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
             expect(page.locator("html")).to_have_attribute("data-theme", theme)

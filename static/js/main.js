@@ -6,11 +6,19 @@ import { activityPage } from "./pages/activity.js";
 import { logsPage } from "./pages/logs.js";
 import { modelPage } from "./pages/model.js";
 import { performancePage } from "./pages/performance.js";
+import { playgroundPage } from "./pages/playground.js";
 import { applyTheme, settingsPage } from "./pages/settings.js";
 import { modelsPage } from "./pages/models.js";
 import { store } from "./store.js";
 
-const PAGES = { logs: logsPage, models: modelsPage, activity: activityPage, performance: performancePage, settings: settingsPage };
+const PAGES = {
+  playground: playgroundPage,
+  logs: logsPage,
+  models: modelsPage,
+  activity: activityPage,
+  performance: performancePage,
+  settings: settingsPage,
+};
 const DEFAULT_PAGE = "models";
 const NARROW = window.matchMedia("(max-width: 760px)");
 
