@@ -529,3 +529,31 @@ def test_screenshots(server, browser, theme, width, height):
     finally:
         context.close()
     assert errors == []
+
+
+def test_every_page_passes_an_accessibility_scan_and_paints_fast(server, page, browser):
+    axe = pytest.importorskip("axe_playwright_python.sync_playwright").Axe()
+    server.chat("alpha")
+    problems = []
+    dark = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme="dark")
+    try:
+        for scanned in (page, dark.new_page()):
+            for name in ("playground", "models", "logs", "activity", "performance", "settings", "models/alpha"):
+                scanned.goto(f"{server.url}/ui/{name}")
+                expect(scanned.locator("#connection")).to_have_attribute("data-state", "connected")
+                scanned.wait_for_timeout(300)
+                results = axe.run(scanned)
+                theme = scanned.evaluate("document.documentElement.dataset.theme")
+                for violation in results.response["violations"]:
+                    if violation["impact"] in ("serious", "critical"):
+                        targets = [node["target"] for node in violation["nodes"]][:3]
+                        problems.append((theme, name, violation["id"], targets))
+    finally:
+        dark.close()
+    assert problems == [], "\n".join(map(str, problems))
+    # first paint, from a cold load of the UI with nothing but llamaswap on the network
+    page.goto(server.url + "/ui/models")
+    paint = page.evaluate(
+        "() => (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime || null"
+    )
+    assert paint is not None and paint < 300, paint

@@ -12,7 +12,7 @@ export function logPanel(id, title, source, perModel = false) {
   const settings = persisted(`log.${id}`, { filter: "", wrap: false, size: 12 });
   const save = () => persist(`log.${id}`, settings);
 
-  const body = h("pre", { class: "log-body", "data-testid": `log-${id}` });
+  const body = h("pre", { class: "log-body", "data-testid": `log-${id}`, tabindex: "0", "aria-label": `${title} output` });
   const filter = h("input", {
     class: "filter",
     type: "search",

@@ -6,10 +6,21 @@ import { h, persist, persisted } from "./dom.js";
 export function split(id, first, second) {
   const firstPane = h("div", { class: "pane" }, first);
   const secondPane = h("div", { class: "pane" }, second);
-  const divider = h("div", { class: "splitter", role: "separator", "aria-label": "Resize panels", tabindex: "0" });
+  const divider = h("div", {
+    class: "splitter",
+    role: "separator",
+    "aria-label": "Resize panels",
+    "aria-valuemin": "15",
+    "aria-valuemax": "85",
+    tabindex: "0",
+  });
   const container = h("div", { class: "split", "data-split": id }, firstPane, divider, secondPane);
   const key = () => `split.${id}.${document.body.classList.contains("narrow") ? "narrow" : "wide"}`;
-  const apply = () => container.style.setProperty("--first", `${persisted(key(), 50)}%`);
+  const apply = () => {
+    const percent = persisted(key(), 50);
+    container.style.setProperty("--first", `${percent}%`);
+    divider.setAttribute("aria-valuenow", String(Math.round(percent)));
+  };
   apply();
   window.addEventListener("layoutchange", apply);
 
@@ -24,6 +35,7 @@ export function split(id, first, second) {
       const size = narrow ? box.height : box.width;
       const percent = Math.min(85, Math.max(15, (offset / size) * 100));
       container.style.setProperty("--first", `${percent}%`);
+      divider.setAttribute("aria-valuenow", String(Math.round(percent)));
       persist(key(), percent);
     };
     const stop = () => {

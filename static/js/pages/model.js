@@ -16,7 +16,7 @@ export function modelPage(container, modelId) {
   const actions = h("span", { class: "actions" });
   const settings = h("div", { class: "settings" });
   const activity = h("div", { class: "table-wrap" });
-  const log = h("pre", { class: "log-body", "data-testid": "model-log" });
+  const log = h("pre", { class: "log-body", "data-testid": "model-log", tabindex: "0", "aria-label": "Model output" });
   const header = h("section", { class: "card" }, h("div", { class: "card-header" }, h("a", { href: "/ui/models", "data-page": "models" }, "Models"), " / ", title, state, actions), reason);
   const details = h("section", { class: "card", "aria-label": "Settings" }, h("div", { class: "card-header" }, h("h2", {}, "Settings")), settings);
   const recent = h("section", { class: "card activity-card", "aria-label": "Recent activity" }, h("div", { class: "card-header" }, h("h2", {}, "Recent activity")), activity);
