@@ -557,3 +557,43 @@ def test_every_page_passes_an_accessibility_scan_and_paints_fast(server, page, b
         "() => (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime || null"
     )
     assert paint is not None and paint < 300, paint
+
+
+def test_keyboard_only(server, page):
+    page.goto(server.url + "/ui/models")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+
+    def tab_to(locator, limit=60):
+        for _ in range(limit):
+            page.keyboard.press("Tab")
+            if locator.evaluate("element => element === document.activeElement"):
+                return
+        raise AssertionError(f"Tab never reached {locator}")
+
+    # load a model from its row
+    load = model_row(page, "beta").get_by_role("button", name="Load")
+    tab_to(load)
+    page.keyboard.press("Enter")
+    expect(model_row(page, "beta").get_by_test_id("state")).to_have_text("ready", timeout=15000)
+    # to the playground by its tab, and a message sent with Enter
+    tab_to(page.get_by_role("link", name="Playground"))
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Message")).to_be_visible()
+    page.get_by_test_id("playground-model").focus()
+    page.keyboard.type("be")  # a select picks the option typed
+    expect(page.get_by_test_id("playground-model")).to_have_value("beta")
+    tab_to(page.get_by_label("Message"))
+    page.keyboard.type("hello")
+    page.keyboard.press("Enter")
+    expect(page.locator('.bubble[data-role="assistant"] .bubble-body').last).to_contain_text("beta-0", timeout=15000)
+    # a capture opens and closes with the keyboard
+    tab_to(page.get_by_role("link", name="Activity"))
+    page.keyboard.press("Enter")
+    capture = page.get_by_role("button", name=re.compile("Show the capture of request"))
+    expect(capture.first).to_be_visible()
+    tab_to(capture.first)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("dialog")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    assert page.errors == []
