@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from llamaswap.observe.activity import error_message_of
 from llamaswap.protocols.client import ResponseHead
 
 MAX_ANSWER = 16 * 1024 * 1024
@@ -358,17 +359,7 @@ class OllamaTranslator:
 
     def _error(self) -> bytes:
         body = b"".join(self._body)
-        message = ""
-        try:
-            document = json.loads(body)
-        except ValueError:
-            document = None
-        if isinstance(document, dict):
-            error = document.get("error")
-            message = error.get("message") if isinstance(error, dict) else error
-            message = message or document.get("message") or document.get("detail") or ""
-        if not isinstance(message, str) or not message:
-            message = body.decode("utf-8", "replace").strip()[:500] or f"HTTP {self._status}"
+        message = error_message_of(body) or body.decode("utf-8", "replace").strip()[:500] or f"HTTP {self._status}"
         return _json({"error": message})
 
 

@@ -220,21 +220,35 @@ class Routes:
         resolution = self._resolve(request, requested)
         if isinstance(resolution, bytes):
             return resolution
-        renamed = resolution.name if resolution.name != requested else None
+        model = self.config.models.get(resolution.model_id) if resolution.model_id is not None else None
+        loading = model is not None and model.send_loading_state and parsed.stream
+        return self._forward_json(request, resolution, requested, parsed, forwarded_target(request), loading=loading)
+
+    def _forward_json(
+        self,
+        request: Request,
+        resolution: Resolution,
+        requested: str,
+        parsed,
+        path: bytes | None,
+        loading: bool = False,
+        translate=None,
+    ):
+        """
+        Send a JSON request to whoever serves C{resolution}: its body with
+        the model named as that server knows it and the filters applied.
+        """
+        on_done = resolution.release if resolution.selector else None
         if resolution.model_id is not None:
             model = self.config.models[resolution.model_id]
+            renamed = resolution.name if resolution.name != requested else None
             body = parsed.rewrite(
                 model=model.use_model_name or renamed,
                 strip=model.filters.strip_params,
                 set_params=model.filters.params_for(resolution.name),
             )
             return self.gateway.forward(
-                request,
-                resolution.model_id,
-                body,
-                path=forwarded_target(request),
-                loading=model.send_loading_state and parsed.stream,
-                on_done=resolution.release if resolution.selector else None,
+                request, resolution.model_id, body, path=path, loading=loading, on_done=on_done, translate=translate
             )
         peer_id, peer_model = resolution.peer
         peer = self.config.peers[peer_id]
@@ -244,12 +258,7 @@ class Routes:
             set_params=peer.filters.params_for(resolution.name),
         )
         return self.gateway.forward_to_peer(
-            request,
-            peer,
-            body,
-            path=forwarded_target(request),
-            metrics_name=f"{peer_id}/{peer_model}",
-            on_done=resolution.release if resolution.selector else None,
+            request, peer, body, path=path, metrics_name=f"{peer_id}/{peer_model}", on_done=on_done, translate=translate
         )
 
     def form_inference(self, request: Request):
@@ -338,9 +347,9 @@ class Routes:
         resolution = self._resolve(request, requested)
         if isinstance(resolution, bytes):
             return resolution
-        on_done = resolution.release if resolution.selector else None
         model = self.config.models.get(resolution.model_id) if resolution.model_id is not None else None
         if model is not None and model.passthrough_ollama:
+            on_done = resolution.release if resolution.selector else None
             return self.gateway.forward(request, resolution.model_id, _read_body(request), on_done=on_done)
         try:
             if kind == "chat":
@@ -355,26 +364,7 @@ class Routes:
         path += request.uri[len(request.path) :]  # the query string, as sent
         translate = ollama.OllamaTranslator(kind, requested, translated.get("stream") is True)
         parsed = parse_request_body(json.dumps(translated).encode("utf-8"))
-        renamed = resolution.name if resolution.name != requested else None
-        if model is not None:
-            body = parsed.rewrite(
-                model=model.use_model_name or renamed,
-                strip=model.filters.strip_params,
-                set_params=model.filters.params_for(resolution.name),
-            )
-            return self.gateway.forward(
-                request, resolution.model_id, body, path=path, on_done=on_done, translate=translate
-            )
-        peer_id, peer_model = resolution.peer
-        peer = self.config.peers[peer_id]
-        body = parsed.rewrite(
-            model=peer_model if peer_model != requested else None,
-            strip=peer.filters.strip_params,
-            set_params=peer.filters.params_for(resolution.name),
-        )
-        return self.gateway.forward_to_peer(
-            request, peer, body, path=path, metrics_name=f"{peer_id}/{peer_model}", on_done=on_done, translate=translate
-        )
+        return self._forward_json(request, resolution, requested, parsed, path, translate=translate)
 
     @app.route("/api/tags", methods=["GET"])
     def ollama_tags(self, request):

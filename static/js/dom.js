@@ -74,3 +74,16 @@ export function percentile(sorted, fraction) {
 export function modelPath(id) {
   return id.split("/").map(encodeURIComponent).join("/");
 }
+
+// The JSON event of one server-sent-events line ("data: {...}"), or null
+// for anything else (comments, [DONE], a line that is not JSON).
+export function sseEvent(line) {
+  if (!line.startsWith("data:")) return null;
+  const payload = line.slice(5).trim();
+  if (!payload || payload === "[DONE]") return null;
+  try {
+    return JSON.parse(payload);
+  } catch (error) {
+    return null;
+  }
+}

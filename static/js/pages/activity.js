@@ -2,7 +2,7 @@
 // activity log from /api/metrics/activity -- filtered, sorted, paged, live --
 // with a viewer for each request's capture and an export of what is shown.
 
-import { formatDuration, formatNumber, formatSpeed, h, persist, persisted, relativeTime } from "../dom.js";
+import { formatDuration, formatNumber, formatSpeed, h, persist, persisted, relativeTime, sseEvent } from "../dom.js";
 import { store } from "../store.js";
 
 const PAGE_SIZE = 50;
@@ -42,15 +42,8 @@ export function assembleStream(text) {
   let content = "";
   let reasoning = "";
   for (const line of text.split("\n")) {
-    if (!line.startsWith("data:")) continue;
-    const payload = line.slice(5).trim();
-    if (!payload || payload === "[DONE]") continue;
-    let event;
-    try {
-      event = JSON.parse(payload);
-    } catch (error) {
-      continue;
-    }
+    const event = sseEvent(line);
+    if (!event) continue;
     const choice = (event.choices || [])[0] || {};
     const delta = choice.delta || {};
     content += delta.content || choice.text || "";

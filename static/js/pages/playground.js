@@ -3,7 +3,7 @@
 // done), a system prompt, temperature and token limits; the conversation
 // stays in this browser until cleared.
 
-import { h, persist, persisted } from "../dom.js";
+import { h, persist, persisted, sseEvent } from "../dom.js";
 import { renderMarkdown } from "../markdown.js";
 import { store } from "../store.js";
 
@@ -118,15 +118,8 @@ export function playgroundPage(container) {
         const lines = pending.split("\n");
         pending = lines.pop();
         for (const line of lines) {
-          if (!line.startsWith("data:")) continue;
-          const payload = line.slice(5).trim();
-          if (!payload || payload === "[DONE]") continue;
-          let event;
-          try {
-            event = JSON.parse(payload);
-          } catch (error) {
-            continue;
-          }
+          const event = sseEvent(line);
+          if (!event) continue;
           if (event.error) throw new Error(event.error.message || "the stream ended with an error");
           const delta = ((event.choices || [])[0] || {}).delta || {};
           answer.content += delta.content || "";
