@@ -232,3 +232,42 @@ def test_the_ollama_library_with_the_real_model(server):
     with pytest.raises(ollama.ResponseError) as refused:
         client.pull("smollm2")
     assert refused.value.status_code == 501
+
+
+def test_the_playground_chats_with_the_real_model(server):
+    """
+    The web UI's chat, in Chromium, with the real model: the answer streams
+    in, is shown, and is recorded with its tokens.
+    """
+    from tests.browser import launch, missing
+
+    if missing():
+        pytest.skip(missing())
+    from playwright.sync_api import expect, sync_playwright
+
+    before = len(metrics(server))
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(server + "/ui/playground")
+            expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+            page.get_by_test_id("playground-model").select_option("smollm2")
+            page.get_by_label("Max tokens", exact=True).fill("24")
+            page.get_by_label("Message").fill("Name three colours.")
+            page.get_by_role("button", name="Send").click()
+            expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=10000)
+            expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=120000)
+            expect(page.get_by_test_id("playground-status")).to_have_text("")
+            answer = page.locator('.bubble[data-role="assistant"] .bubble-body').last.inner_text()
+            assert answer.strip() and answer.strip() != "(stopped)"
+            assert errors == []
+        finally:
+            browser.close()
+    deadline = time.monotonic() + 5
+    while len(recorded := metrics(server)[before:]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [entry["model"] for entry in recorded] == ["smollm2"]
+    assert 0 < recorded[0]["output_tokens"] <= 24

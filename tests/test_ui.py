@@ -16,31 +16,25 @@ import pathlib
 import re
 import signal
 import subprocess
+import sys
 import textwrap
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from tests.browser import launch, missing
 from tests.helpers import fake, free_port, free_port_range
 from tests.test_twistd import TWISTD, wait_for_health
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+if missing():
+    pytest.skip(missing(), allow_module_level=True)
+from playwright import sync_api  # noqa: E402
 
 
 class Server:
@@ -61,6 +55,8 @@ class Server:
                     name: "Alpha 7B"
                     description: "first test model"
                     cmd: {fake("alpha", "--startup-delay", "0.3")}
+                    aliases: [gpt-test]
+                    capabilities: {{in: [text, image], out: [text], tools: true, context: 8192}}
                   beta:
                     name: "Beta 13B"
                     description: "second test model"
@@ -72,6 +68,14 @@ class Server:
                     cmd: {fake("broken", "--startup-delay", "5", "--crash-after", "0.1")}
                     maxStartFailures: 1
                     failureCooldown: 600
+                  studio:
+                    name: "Studio"
+                    cmd: {fake("studio", "--startup-delay", "1")}
+                    capabilities: {{in: [text], out: [image, audio], reranker: true}}
+                peers:
+                  far:
+                    proxy: http://127.0.0.1:{free_port()}
+                    models: [remote]
                 """
             )
         )
@@ -110,7 +114,7 @@ def server(tmp_path):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = launch(playwright)
         yield browser
         browser.close()
 
@@ -466,6 +470,219 @@ def test_markdown_is_built_safely(server, page):
     assert "<img" not in html and "&lt;img" in html  # model output is text, never markup
 
 
+def visible_tabs(page) -> list[str]:
+    return page.get_by_role("tab").all_inner_texts()
+
+
+def test_playground_tabs_follow_the_models_capabilities(server, page):
+    page.goto(server.url + "/ui/playground")
+    picker = page.get_by_test_id("playground-model")
+    expect(picker.locator("option")).to_have_count(5)  # alpha, beta, broken, studio, far/remote
+    picker.select_option("alpha")  # text out, vision, tools: chat only
+    expect(page.get_by_role("tab")).to_have_count(2)
+    assert visible_tabs(page) == ["Chat", "Concurrency"]
+    picker.select_option("studio")  # images and audio out, a reranker
+    expect(page.get_by_role("tab")).to_have_count(3)
+    assert visible_tabs(page) == ["Images", "Speech", "Rerank"]
+    expect(page.get_by_role("tab", name="Images")).to_have_attribute("aria-selected", "true")
+    page.get_by_role("tab", name="Images").press("ArrowRight")
+    expect(page.get_by_role("tab", name="Speech")).to_be_focused()
+    expect(page.get_by_role("tabpanel")).to_have_count(1)
+    picker.select_option("beta")  # declares nothing: every tab
+    expect(page.get_by_role("tab")).to_have_count(6)
+    assert page.errors == []
+
+
+def test_playground_images_speech_transcription_and_rerank(server, page):
+    page.goto(server.url + "/ui/playground")
+    page.get_by_test_id("playground-model").select_option("studio")
+    page.get_by_role("tab", name="Images").click()
+    page.get_by_label("Image prompt").fill("a llama swapping hats")
+    page.get_by_role("button", name="Generate").click()
+    # the model takes a second to start: the wait is explained
+    expect(page.get_by_test_id("images-status")).to_contain_text("loading studio", timeout=5000)
+    image = page.get_by_test_id("images").locator("img")
+    expect(image).to_have_count(1, timeout=15000)
+    expect(image).to_have_attribute("alt", "studio image 0")
+    assert image.evaluate("img => img.complete && img.naturalWidth") == 1  # the fake's 1x1 PNG, decoded
+    expect(page.get_by_test_id("images-status")).to_have_text("1 image from studio")
+
+    page.get_by_role("tab", name="Speech").click()
+    page.get_by_label("Text to speak").fill("Hello from the playground")
+    page.get_by_role("button", name="Speak").click()
+    audio = page.get_by_test_id("speech").locator("audio")
+    expect(audio).to_have_count(1, timeout=10000)
+    duration = audio.evaluate(
+        "audio => audio.readyState >= 1 ? audio.duration"
+        " : new Promise(done => audio.addEventListener('loadedmetadata', () => done(audio.duration)))"
+    )
+    assert abs(duration - 0.1) < 0.01  # the fake's 800 samples at 8 kHz, playable
+    expect(page.get_by_test_id("speech").get_by_role("link")).to_have_attribute("download", "speech.wav")
+
+    page.get_by_test_id("playground-model").select_option("beta")  # declares nothing: may transcribe
+    page.get_by_role("tab", name="Transcription").click()
+    page.get_by_role("button", name="Transcribe").click()
+    expect(page.get_by_test_id("transcription-status")).to_have_text("choose an audio file first")
+    page.get_by_label("Audio file").set_input_files({"name": "note.wav", "mimeType": "audio/wav", "buffer": b"RIFF" + b"\0" * 1996})
+    page.get_by_role("button", name="Transcribe").click()
+    expect(page.get_by_test_id("transcript")).to_have_text("The length of the file is 2000 bytes", timeout=10000)
+
+    page.get_by_test_id("playground-model").select_option("studio")
+    page.get_by_role("tab", name="Rerank").click()
+    page.get_by_label("Query").fill("llamas")
+    page.get_by_label("Documents").fill("llamas are camelids\nswapping is fast\n\nGPUs are warm")
+    page.get_by_role("button", name="Rerank").click()
+    rows = page.get_by_test_id("rerank").locator("tbody tr")
+    expect(rows).to_have_count(3, timeout=10000)
+    assert rows.first.locator("td").all_inner_texts() == ["1", "1.0000", "llamas are camelids"]
+    assert rows.last.locator("td").all_inner_texts() == ["3", "0.3333", "GPUs are warm"]
+    assert page.errors == []
+
+
+def test_playground_errors_are_shown(server, page):
+    page.goto(server.url + "/ui/playground")
+    page.get_by_test_id("playground-model").select_option("studio")
+    page.get_by_role("tab", name="Rerank").click()
+    page.route("**/v1/rerank", lambda route: route.continue_(post_data=b"{not json"))
+    page.get_by_label("Query").fill("q")
+    page.get_by_label("Documents").fill("d")
+    page.get_by_role("button", name="Rerank").click()
+    expect(page.get_by_test_id("rerank-status")).to_contain_text("error: ", timeout=10000)
+    expect(page.get_by_role("button", name="Rerank")).to_be_enabled()
+    assert page.get_by_test_id("rerank").locator("tr").count() == 0
+
+
+def test_playground_concurrency_tester(server, page):
+    page.goto(server.url + "/ui/playground")
+    page.get_by_test_id("playground-model").select_option("beta")
+    page.get_by_role("tab", name="Concurrency").click()
+    page.get_by_label("Parallel requests").fill("5")
+    page.get_by_role("button", name="Run").click()
+    expect(page.get_by_test_id("concurrency-summary")).to_contain_text("5 of 5 done", timeout=20000)
+    rows = page.get_by_test_id("concurrency").locator("tbody tr")
+    expect(rows).to_have_count(5)
+    for row in rows.all():
+        number, state, first, latency, tokens, speed = row.locator("td").all_inner_texts()
+        assert state == "done" and tokens == "10", row.inner_text()  # the fake's usage: 10 completion tokens
+        assert first.endswith(("ms", " s")) and latency.endswith(("ms", " s"))
+    # the five were in flight together: the activity log has them all
+    with urllib.request.urlopen(server.url + "/api/metrics/activity?model=beta", timeout=10) as answer:
+        assert json.loads(answer.read())["total"] == 5
+    # a long run, stopped
+    page.route("**/v1/chat/completions", lambda route: route.continue_(url=route.request.url + "?chunks=400&delay=0.05"))
+    page.get_by_label("Parallel requests").fill("3")
+    page.get_by_role("button", name="Run").click()
+    expect(rows.first.locator("td").nth(1)).to_have_text("streaming", timeout=10000)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.get_by_test_id("concurrency-summary")).to_have_text("none of 3 finished", timeout=10000)
+    assert set(page.get_by_test_id("concurrency").locator("tbody tr td:nth-child(2)").all_inner_texts()) == {"stopped"}
+    assert page.errors == []
+
+
+def test_hardware_page(server, page):
+    page.goto(server.url + "/ui/settings")
+    page.get_by_role("link", name="This machine's hardware").click()
+    expect(page).to_have_url(server.url + "/ui/hardware")
+    expect(page.get_by_role("link", name="Hardware")).to_have_attribute("aria-current", "page")
+    hardware = page.get_by_test_id("hardware")
+    expect(hardware.get_by_role("region", name="CPU")).to_contain_text(f"Logical threads{os.cpu_count()}")
+    expect(hardware.get_by_role("region", name="Accelerators (0)")).to_contain_text("No accelerators were detected")
+    text = page.get_by_test_id("hardware-text").input_value()
+    assert text.startswith("Hardware summary") and f"Logical threads: {os.cpu_count()}" in text
+    # a machine with a GPU (as nvidia-smi would report it)
+    with urllib.request.urlopen(server.url + "/api/hardware", timeout=10) as answer:
+        machine = json.loads(answer.read())
+    machine["accelerators"] = [
+        {
+            "index": 0, "kind": "gpu", "model": "NVIDIA GeForce RTX 4090", "vendor": "NVIDIA", "architecture": None,
+            "memory": {"capacity_bytes": 24 * 2**30, "kind": "dedicated"},
+            "driver": {"name": "nvidia", "version": "550.54"}, "power_limit_watts": 450.0,
+        }
+    ]
+    page.route("**/api/hardware", lambda route: route.fulfill(json=machine))
+    page.reload()
+    gpus = hardware.get_by_role("region", name="Accelerators (1)")
+    expect(gpus).to_contain_text("NVIDIA GeForce RTX 4090")
+    expect(gpus).to_contain_text("Memory24.0 GiB (Dedicated)")
+    expect(gpus).to_contain_text("Drivernvidia 550.54")
+    expect(gpus).to_contain_text("Power limit450 W")
+    assert "Accelerators (1)\n  1: NVIDIA GeForce RTX 4090" in page.get_by_test_id("hardware-text").input_value()
+    # no snapshot: said so
+    page.unroute("**/api/hardware")
+    page.route("**/api/hardware", lambda route: route.fulfill(status=503, json={"error": {"message": "hardware detection unavailable"}}))
+    page.reload()
+    expect(hardware).to_contain_text("Hardware detection is unavailable: hardware detection unavailable")
+    assert page.errors == [] or all("503" in error for error in page.errors)
+
+
+def test_capability_tags_and_peers_on_the_models_page(server, page):
+    page.goto(server.url + "/ui/models")
+    expect(model_row(page, "alpha")).to_be_visible()
+    expect(page.get_by_test_id("capability-tags")).to_have_count(0)  # off by default
+    expect(model_row(page, "far/remote").get_by_test_id("state")).to_have_text("peer")
+    page.goto(server.url + "/ui/settings")
+    page.get_by_label("Show capability tags").check()
+    page.get_by_role("link", name="Models", exact=True).click()
+    tags = model_row(page, "alpha").get_by_test_id("capability-tags").locator(".tag")
+    expect(tags).to_have_text(["vision", "function calling", "8,192 context", "alias gpt-test"])
+    expect(model_row(page, "studio").get_by_test_id("capability-tags")).to_contain_text("audio speech")
+    expect(model_row(page, "beta").get_by_test_id("capability-tags")).to_have_count(0)
+    assert page.errors == []
+
+
+@pytest.fixture
+def prefixed(server):
+    """
+    The server behind a reverse proxy that mounts it under /llama.
+    """
+    port = free_port()
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "tests.prefix_proxy", str(port), str(server.port), "/llama"],
+        cwd=pathlib.Path(__file__).resolve().parent.parent,
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/llama"
+    try:
+        for _ in range(100):
+            assert proxy.poll() is None, "the prefix proxy exited"
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as answer:
+                    assert answer.read() == b"OK"
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the prefix proxy never answered")
+        yield url
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+
+
+def test_behind_a_path_prefix(server, prefixed, page):
+    page.goto(prefixed + "/")  # redirected to /llama/ui/ (the proxy says where it mounts us)
+    expect(page).to_have_url(prefixed + "/ui/")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    row = model_row(page, "beta")
+    row.get_by_role("button", name="Load").click()
+    expect(row.get_by_test_id("state")).to_have_text("ready", timeout=15000)
+    row.get_by_role("link", name="beta", exact=True).click()
+    expect(page).to_have_url(prefixed + "/ui/models/beta")
+    expect(page.get_by_test_id("state")).to_have_text("ready")
+    page.reload()  # a deep link loads on its own
+    expect(page.get_by_test_id("state")).to_have_text("ready")
+    expect(page.get_by_test_id("model-log")).to_contain_text("fake upstream beta", timeout=10000)
+    page.get_by_role("link", name="Playground").click()
+    expect(page).to_have_url(prefixed + "/ui/playground")
+    page.get_by_test_id("playground-model").select_option("beta")
+    page.get_by_label("Message").fill("hi")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator('.bubble[data-role="assistant"]').last).to_contain_text("beta-9", timeout=15000)
+    page.get_by_role("link", name="Activity").click()
+    expect(page.get_by_test_id("activity").locator("tbody tr")).to_have_count(1, timeout=10000)
+    assert page.errors == []
+
+
 def test_performance_charts(server, page):
     for model in ("alpha", "beta"):
         server.chat(model)
@@ -474,6 +691,7 @@ def test_performance_charts(server, page):
     expect(page.get_by_test_id("chart-memory").locator("path.chart-line")).to_have_count(1)
     expect(page.get_by_test_id("chart-rate").locator("path.chart-line")).to_have_count(1)
     expect(page.get_by_test_id("chart-speed").locator("path.chart-line")).to_have_count(1)
+    expect(page.get_by_test_id("chart-first-token").locator("path.chart-line")).to_have_count(1)
     expect(page.get_by_role("img", name="CPU use over time")).to_be_visible()
     assert page.errors == []
 
@@ -506,8 +724,24 @@ def test_with_api_keys_the_browser_signs_in_once(server, browser):
     assert errors == []
 
 
+# every page, and each of the playground's tabs
+PLAYGROUND_TABS = ["Images", "Speech", "Transcription", "Rerank", "Concurrency"]
+SHOWN = ["playground", *[f"playground/{tab.lower()}" for tab in PLAYGROUND_TABS], "models", "logs", "activity", "performance", "hardware", "settings", "models/alpha"]
+
+
+def show(page, server, name):
+    page_name, _, tab = name.partition("/")
+    if page_name == "playground" and tab:
+        page.get_by_test_id("playground-model").select_option("beta")
+        page.get_by_role("tab", name=tab.capitalize()).click()
+        expect(page.get_by_role("tabpanel")).to_be_visible()
+    else:
+        page.goto(f"{server.url}/ui/{name}")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+
+
 @pytest.mark.parametrize("theme", ["light", "dark"])
-@pytest.mark.parametrize("width, height", [(1280, 800), (390, 844)])
+@pytest.mark.parametrize("width, height", [(1440, 900), (390, 844)])
 def test_screenshots(server, browser, theme, width, height):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for model in ("alpha", "beta", "alpha"):
@@ -517,9 +751,8 @@ def test_screenshots(server, browser, theme, width, height):
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     try:
-        for name in ("playground", "models", "logs", "activity", "performance", "settings", "models/alpha"):
-            page.goto(f"{server.url}/ui/{name}")
-            expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+        for name in SHOWN:
+            show(page, server, name)
             expect(page.locator("html")).to_have_attribute("data-theme", theme)
             page.wait_for_timeout(300)
             # nothing sticks out sideways
@@ -538,9 +771,8 @@ def test_every_page_passes_an_accessibility_scan_and_paints_fast(server, page, b
     dark = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme="dark")
     try:
         for scanned in (page, dark.new_page()):
-            for name in ("playground", "models", "logs", "activity", "performance", "settings", "models/alpha"):
-                scanned.goto(f"{server.url}/ui/{name}")
-                expect(scanned.locator("#connection")).to_have_attribute("data-state", "connected")
+            for name in SHOWN:
+                show(scanned, server, name)
                 scanned.wait_for_timeout(300)
                 results = axe.run(scanned)
                 theme = scanned.evaluate("document.documentElement.dataset.theme")

@@ -154,6 +154,33 @@ def model_listing(config: Config, state_of: Callable[[str], str], profiles: Prof
     return data
 
 
+def model_statuses(config: Config, local: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """
+    The C{modelStatus} event's list: the local models' states (from the
+    model manager) with what the UI shows next to them -- aliases,
+    capability flags, context length -- then every peer's models.
+    """
+    result = []
+    for entry in local:
+        model = config.models.get(entry["id"])
+        entry = {**entry, "peerID": ""}
+        if model is not None:
+            if model.aliases:
+                entry["aliases"] = list(model.aliases)
+            rendered = render_capabilities(model.capabilities)
+            if rendered.get("capabilities"):
+                entry["capabilities"] = rendered["capabilities"]
+            if rendered.get("context_length"):
+                entry["context_length"] = rendered["context_length"]
+        result.append(entry)
+    for peer_id, peer in config.peers.items():
+        for model in peer.models:
+            result.append(
+                {"id": f"{peer_id}/{model}", "name": "", "description": "", "state": "", "unlisted": False, "peerID": peer_id}
+            )
+    return result
+
+
 def find_model_in_path(config: Config, path: str) -> tuple[str, str] | None:
     """
     The longest leading part of C{path} that names a local model, alias or

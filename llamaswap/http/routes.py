@@ -20,7 +20,7 @@ from llamaswap.http.answers import error_response, json_response, sized
 from llamaswap.http.bodies import spooled_body, spooled_view
 from llamaswap.http.gateway import Gateway
 from llamaswap.http.jsonbody import InvalidBody, parse_request_body
-from llamaswap.http.listing import find_model_in_path, ignored_path, model_listing
+from llamaswap.http.listing import find_model_in_path, ignored_path, model_listing, model_statuses
 from llamaswap.http.modelinfo import model_settings
 from llamaswap.http.multipart import (
     InvalidForm,
@@ -31,7 +31,7 @@ from llamaswap.http.multipart import (
 )
 from llamaswap.http.proxy import is_websocket, upgrade_requested
 from llamaswap.http.streams import LOG_SOURCES, stream_events, stream_logs
-from llamaswap.http.ui import UIFiles
+from llamaswap.http.ui import UIFiles, forwarded_prefix
 from llamaswap.models.manager import ModelManager
 from llamaswap.observe.activity import ActivityLog, parse_query
 from llamaswap.observe.events import EventBus
@@ -418,7 +418,7 @@ class Routes:
 
     @app.route("/upstream", methods=["GET"])
     def upstream_index(self, request):
-        request.redirect(b"/ui/models")
+        request.redirect(forwarded_prefix(request) + b"/ui/models")
         return sized(request, b"")
 
     @app.route("/upstream/", branch=True)
@@ -436,7 +436,7 @@ class Routes:
             return error_response(request, 404, "model not found")
         name, remaining = found
         if remaining == "/" and not raw_path.endswith("/"):
-            location = f"/upstream/{name}/".encode("utf-8", "surrogateescape") + query
+            location = forwarded_prefix(request) + f"/upstream/{name}/".encode("utf-8", "surrogateescape") + query
             request.setResponseCode(301 if request.method in (b"GET", b"HEAD") else 308)
             request.setHeader(b"location", location)
             return sized(request, b"")
@@ -473,7 +473,7 @@ class Routes:
     def comfyui_index(self, request: Request):
         query = request.uri[len(request.path) :]
         request.setResponseCode(301 if request.method in (b"GET", b"HEAD") else 308)
-        request.setHeader(b"location", b"/comfyui/" + query)
+        request.setHeader(b"location", forwarded_prefix(request) + b"/comfyui/" + query)
         return sized(request, b"")
 
     @app.route("/comfyui/", branch=True)
@@ -650,7 +650,7 @@ class Routes:
     def logs(self, request):
         self.gateway.backlog.run()
         if b"text/html" in (request.getHeader(b"accept") or b""):
-            request.redirect(b"/ui/")
+            request.redirect(forwarded_prefix(request) + b"/ui/")
             return sized(request, b"")
         return sized(request, self.logs.combined.history(), b"text/plain")
 
@@ -677,7 +677,7 @@ class Routes:
             self.logs,
             self.bus,
             self.activity,
-            self.models.statuses,
+            lambda: model_statuses(self.config, self.models.statuses()),
             inflight=self.gateway.inflight,
             ui_config=lambda: {"activity": {"session_id": list(config.session_id_headers)}},
             active_profile=lambda: self.profiles.active,
@@ -702,7 +702,7 @@ class Routes:
 
     @app.route("/", methods=["GET"])
     def root(self, request):
-        request.redirect(b"/ui")
+        request.redirect(forwarded_prefix(request) + b"/ui")
         return sized(request, b"")
 
     @app.route("/favicon.ico", methods=["GET"])
@@ -712,7 +712,7 @@ class Routes:
     @app.route("/ui", methods=["GET", "HEAD"], strict_slashes=False, endpoint="ui_root")
     def ui_root(self, request):
         request.setResponseCode(301)
-        request.setHeader(b"location", b"/ui/" + request.uri[len(request.path) :])
+        request.setHeader(b"location", forwarded_prefix(request) + b"/ui/" + request.uri[len(request.path) :])
         return sized(request, b"")
 
     @app.route("/ui/", methods=["GET", "HEAD"], branch=True, endpoint="ui_files")
@@ -733,7 +733,8 @@ class Routes:
         if failure.check(RequestRedirect):
             target = urlsplit(failure.value.new_url)
             request.setResponseCode(308)
-            request.setHeader(b"location", (target.path + ("?" + target.query if target.query else "")).encode())
+            location = (target.path + ("?" + target.query if target.query else "")).encode()
+            request.setHeader(b"location", forwarded_prefix(request) + location)
             return sized(request, b"")
         if failure.check(NotFound, MethodNotAllowed):
             request.setResponseCode(404)

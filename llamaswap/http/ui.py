@@ -8,6 +8,11 @@ that browsers revalidate with a cheap 304.  A path that is not a file of
 the folder gets C{index.html}, which routes on the client side; a path that
 tries to leave the folder (dot segments, encoded slashes, NUL, backslashes)
 gets a 404 and nothing else.
+
+C{index.html} is served at any depth below C{/ui/} (C{/ui/models/a/b} is a
+page too), so its C{<base>} is rewritten to lead back to the UI's folder
+with a relative path: the UI then works unchanged behind a proxy that
+mounts llamaswap under a path of its own.
 """
 
 from __future__ import annotations
@@ -37,6 +42,18 @@ TYPES = {
 }
 FORBIDDEN_IN_SEGMENTS = ("/", "\\", "\x00")
 BROKEN_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+BASE = b'<base href="./">'
+PREFIX = re.compile(rb"(/(?!\.\.?(?:/|$))[A-Za-z0-9._~-]+)+")
+
+
+def forwarded_prefix(request: Request) -> bytes:
+    """
+    The path a proxy in front mounts llamaswap under, as its
+    C{X-Forwarded-Prefix} header says, for our redirects; C{b""} without one
+    or for anything but plain path segments (never another host).
+    """
+    value = (request.getHeader(b"x-forwarded-prefix") or b"").rstrip(b"/")
+    return value if PREFIX.fullmatch(value) else b""
 
 
 def _segment(raw: bytes) -> str | None:
@@ -83,7 +100,10 @@ class UIFiles:
         installed).
         """
         target = self.directory
-        for raw in relative.split(b"/") if relative else []:
+        raws = relative.split(b"/") if relative else []
+        if raws and raws[-1] == b"":
+            raws.pop()  # a trailing slash: the page of that path
+        for raw in raws:
             segment = _segment(raw)
             if segment is None:
                 return None
@@ -103,15 +123,19 @@ class UIFiles:
                 return sized(request, b"the web UI is not installed", TEXT)
             return sized(request, b"")
         cached = self._load(target)
-        request.setHeader(b"etag", cached.etag)
+        body, etag = cached.body, cached.etag
+        depth = relative.count(b"/")
+        if depth and target.basename() == "index.html":
+            body = body.replace(BASE, b'<base href="' + b"../" * depth + b'">', 1)
+            etag = etag[:-1] + b"-%d" % depth + b'"'
+        request.setHeader(b"etag", etag)
         request.setHeader(b"cache-control", b"no-cache")
-        if request.getHeader(b"if-none-match") == cached.etag:
+        if request.getHeader(b"if-none-match") == etag:
             request.setResponseCode(304)
             return b""
-        body = b"" if request.method == b"HEAD" else cached.body
         request.setHeader(b"content-type", cached.content_type)
-        request.setHeader(b"content-length", str(len(cached.body)).encode())
-        return body
+        request.setHeader(b"content-length", str(len(body)).encode())
+        return b"" if request.method == b"HEAD" else body
 
     def _load(self, path: FilePath) -> _Cached:
         key = path.path

@@ -1,5 +1,15 @@
 // Small DOM and formatting helpers.
 
+// Where llamaswap lives as this browser sees it: "/" normally, "/prefix/"
+// behind a proxy that mounts it under a path.  index.html's <base> names
+// the UI's own folder, whatever the page's depth.
+export const ROOT = new URL("../", document.baseURI).pathname;
+
+// The address of one of llamaswap's own paths ("/api/events").
+export function url(path) {
+  return ROOT + path.replace(/^\//, "");
+}
+
 export function h(tag, attributes = {}, ...children) {
   const element = document.createElement(tag);
   for (const [name, value] of Object.entries(attributes || {})) {

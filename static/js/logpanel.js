@@ -3,7 +3,7 @@
 // scrolling that follows the newest line unless the reader has scrolled up.
 
 import { renderAnsi, stripAnsi } from "./ansi.js";
-import { h, modelPath, persist, persisted } from "./dom.js";
+import { h, modelPath, persist, persisted, url } from "./dom.js";
 import { store } from "./store.js";
 
 const MODEL_LOG_LIMIT = 200 * 1024;
@@ -132,7 +132,7 @@ export function logPanel(id, title, source, perModel = false) {
     schedule();
     if (!modelId) return;
     try {
-      const response = await fetch(`/logs/stream/${modelPath(modelId)}`);
+      const response = await fetch(url(`/logs/stream/${modelPath(modelId)}`));
       const current = response.body.getReader();
       reader = current;
       const decoder = new TextDecoder();

@@ -1,8 +1,9 @@
 // Entry point: header behaviour (title, theme, connection dot), client-side
 // routing between the pages, and the event stream connection.
 
-import { persist, persisted } from "./dom.js";
+import { persist, persisted, url } from "./dom.js";
 import { activityPage } from "./pages/activity.js";
+import { hardwarePage } from "./pages/hardware.js";
 import { logsPage } from "./pages/logs.js";
 import { modelPage } from "./pages/model.js";
 import { performancePage } from "./pages/performance.js";
@@ -17,6 +18,7 @@ const PAGES = {
   models: modelsPage,
   activity: activityPage,
   performance: performancePage,
+  hardware: hardwarePage,
   settings: settingsPage,
 };
 const DEFAULT_PAGE = "models";
@@ -83,14 +85,20 @@ function setupLayout() {
 
 let cleanup = null;
 
+// The part of the page's path below the UI's folder ("models/alpha").
+function uiPath(path) {
+  const folder = url("/ui/");
+  return path.startsWith(folder) ? path.slice(folder.length) : "";
+}
+
 function pageFromPath(path) {
-  const name = path.replace(/^\/ui\/?/, "").split("/")[0];
+  const name = uiPath(path).split("/")[0];
   return PAGES[name] ? name : DEFAULT_PAGE;
 }
 
-// /ui/models/<id>: one model's page (ids may hold slashes)
+// models/<id>: one model's page (ids may hold slashes)
 function modelFromPath(path) {
-  const match = path.match(/^\/ui\/models\/(.+)$/);
+  const match = uiPath(path).match(/^models\/(.+)$/);
   return match ? match[1].split("/").map(decodeURIComponent).join("/") : null;
 }
 

@@ -4,7 +4,7 @@
 // and all stored metrics, so a reconnect replaces what we have instead of
 // appending to it: the UI always shows what the server knows.
 
-import { modelPath } from "./dom.js";
+import { modelPath, url } from "./dom.js";
 
 const LOG_LIMIT = 200 * 1024; // characters kept per log panel
 const METRICS_LIMIT = 2000;
@@ -46,7 +46,7 @@ class Store {
   connect() {
     clearTimeout(this.retryTimer);
     this.setConnection("connecting");
-    const source = new EventSource("/api/events");
+    const source = new EventSource(url("/api/events"));
     this.source = source;
     // The first logData of each source and the first metrics message after
     // connecting are full histories.
@@ -125,23 +125,23 @@ class Store {
   }
 
   async cancel(id) {
-    const response = await fetch(`/api/inflight/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+    const response = await fetch(url(`/api/inflight/${encodeURIComponent(id)}/cancel`), { method: "POST" });
     if (!response.ok) throw new Error(`cancelling ${id} failed: HTTP ${response.status}`);
   }
 
   async loadModel(id) {
-    const response = await fetch(`/upstream/${modelPath(id)}/`);
+    const response = await fetch(url(`/upstream/${modelPath(id)}/`));
     await response.arrayBuffer();
     if (!response.ok && response.status >= 500) throw new Error(`loading ${id} failed: HTTP ${response.status}`);
   }
 
   async unloadModel(id) {
-    const response = await fetch(`/api/models/unload/${modelPath(id)}`, { method: "POST" });
+    const response = await fetch(url(`/api/models/unload/${modelPath(id)}`), { method: "POST" });
     if (!response.ok) throw new Error(`unloading ${id} failed: HTTP ${response.status}`);
   }
 
   async unloadAll() {
-    const response = await fetch("/api/models/unload", { method: "POST" });
+    const response = await fetch(url("/api/models/unload"), { method: "POST" });
     if (!response.ok) throw new Error(`unloading failed: HTTP ${response.status}`);
   }
 }

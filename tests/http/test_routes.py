@@ -403,10 +403,37 @@ def test_ui_files_and_fallback(server):
     response, html = server.fetch("GET", "/ui/")
     assert response.code == 200
     assert b"<!doctype" in html.lower()
-    assert server.fetch("GET", "/ui/models/some/route")[1] == html  # client-side routes
+    # client-side routes get the page too, its <base> leading back to /ui/
+    deep, page = server.fetch("GET", "/ui/models/some/route")
+    assert b'<base href="./">' in html
+    assert page == html.replace(b'<base href="./">', b'<base href="../../">')
+    assert deep.headers.getRawHeaders("etag") != response.headers.getRawHeaders("etag")
+    assert server.fetch("GET", "/ui/activity/")[1] == html.replace(b'<base href="./">', b'<base href="../">')
     response, body = server.fetch("GET", "/ui/app.css")
     assert response.headers.getRawHeaders("content-type")[0].startswith("text/css")
     assert b"root:" not in server.fetch("GET", "/ui/../../etc/passwd")[1]
+
+
+@pytest.mark.parametrize(
+    "path, accept, location",
+    [
+        ("/", "", "/llama/ui"),
+        ("/ui?x=1", "", "/llama/ui/?x=1"),
+        ("/logs", "text/html", "/llama/ui/"),
+        ("/upstream", "", "/llama/ui/models"),
+        ("/upstream/model1", "", "/llama/upstream/model1/"),
+    ],
+)
+def test_redirects_behind_a_proxy_keep_its_prefix(server, path, accept, location):
+    headers = {"X-Forwarded-Prefix": "/llama/", "Accept": accept}
+    response, _ = server.fetch("GET", path, headers=headers, allow_redirects=False)
+    assert response.headers.getRawHeaders("location") == [location]
+
+
+@pytest.mark.parametrize("prefix", ["//evil.example", "https://evil.example", "/a b", "/a/../b", "relative", "/%2f"])
+def test_a_prefix_that_is_not_a_plain_path_is_ignored(server, prefix):
+    response, _ = server.fetch("GET", "/", headers={"X-Forwarded-Prefix": prefix}, allow_redirects=False)
+    assert response.headers.getRawHeaders("location") == ["/ui"]
 
 
 def test_parallel_requests_to_three_models_of_a_swap_group(memory):

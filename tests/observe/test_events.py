@@ -156,6 +156,36 @@ def connect(server):
     return response, events
 
 
+def test_model_status_carries_aliases_capabilities_and_peers(memory):
+    server = memory(
+        f"""
+        models:
+          vision:
+            cmd: {fake("vision")}
+            aliases: [eyes]
+            capabilities: {{in: [text, image], out: [text], tools: true, context: 8192}}
+          plain:
+            cmd: {fake("plain")}
+        peers:
+          far:
+            proxy: http://127.0.0.1:9
+            models: [remote-1, org/remote-2]
+        """
+    )
+    response, events = connect(server)
+    assert events.of_type("modelStatus")[0] == [
+        {"id": "plain", "name": "", "description": "", "state": "stopped", "unlisted": False, "queued": 0, "peerID": ""},
+        {
+            "id": "vision", "name": "", "description": "", "state": "stopped", "unlisted": False, "queued": 0, "peerID": "",
+            "aliases": ["eyes"],
+            "capabilities": {"vision": True, "function_calling": True},
+            "context_length": 8192,
+        },
+        {"id": "far/remote-1", "name": "", "description": "", "state": "", "unlisted": False, "peerID": "far"},
+        {"id": "far/org/remote-2", "name": "", "description": "", "state": "", "unlisted": False, "peerID": "far"},
+    ]
+
+
 def test_events_stream_initial_state_and_load_unload_cycle(memory):
     server = memory(CONFIG)
     server.chat("m")  # one metric exists before we connect
@@ -173,8 +203,8 @@ def test_events_stream_initial_state_and_load_unload_cycle(memory):
     assert [message["data"]["source"] for message in events.messages[:2]] == ["proxy", "upstream"]
     assert "fake upstream m" in events.messages[1]["data"]["data"]
     assert events.messages[2]["data"] == [
-        {"id": "hidden", "name": "", "description": "", "state": "stopped", "unlisted": True, "queued": 0},
-        {"id": "m", "name": "Model M", "description": "the only one", "state": "stopped", "unlisted": False, "queued": 0},
+        {"id": "hidden", "name": "", "description": "", "state": "stopped", "unlisted": True, "queued": 0, "peerID": ""},
+        {"id": "m", "name": "Model M", "description": "the only one", "state": "stopped", "unlisted": False, "queued": 0, "peerID": ""},
     ]
     assert len(events.messages[3]["data"]) == 1 and events.messages[3]["data"][0]["model"] == "m"
     events.messages.clear()

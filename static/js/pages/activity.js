@@ -2,7 +2,7 @@
 // activity log from /api/metrics/activity -- filtered, sorted, paged, live --
 // with a viewer for each request's capture and an export of what is shown.
 
-import { formatDuration, formatNumber, formatSpeed, h, persist, persisted, relativeTime, sseEvent } from "../dom.js";
+import { formatDuration, formatNumber, formatSpeed, h, persist, persisted, relativeTime, sseEvent, url } from "../dom.js";
 import { store } from "../store.js";
 
 const PAGE_SIZE = 50;
@@ -69,7 +69,7 @@ function bodyBlock(label, text) {
 }
 
 async function openCapture(id) {
-  const response = await fetch(`/api/captures/${id}`);
+  const response = await fetch(url(`/api/captures/${id}`));
   const dialog = h("dialog", { class: "capture", "aria-label": `Capture of request ${id}` });
   const close = h("button", { class: "button", type: "button", onclick: () => dialog.close() }, "Close");
   dialog.addEventListener("close", () => dialog.remove());
@@ -356,7 +356,7 @@ export function activityPage(container) {
     const params = query().toString();
     loading = params;
     try {
-      const response = await fetch(`/api/metrics/activity?${params}`);
+      const response = await fetch(url(`/api/metrics/activity?${params}`));
       if (!response.ok || loading !== params) return;
       const result = await response.json();
       entries = result.data;

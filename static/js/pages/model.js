@@ -2,7 +2,7 @@
 // or reset, its settings (secrets masked by the server), its latest
 // activity and its own live log.
 
-import { formatDuration, formatNumber, h, modelPath, relativeTime } from "../dom.js";
+import { formatDuration, formatNumber, h, modelPath, relativeTime, url } from "../dom.js";
 import { store } from "../store.js";
 
 function row(label, value) {
@@ -17,7 +17,7 @@ export function modelPage(container, modelId) {
   const settings = h("div", { class: "settings" });
   const activity = h("div", { class: "table-wrap" });
   const log = h("pre", { class: "log-body", "data-testid": "model-log", tabindex: "0", "aria-label": "Model output" });
-  const header = h("section", { class: "card" }, h("div", { class: "card-header" }, h("a", { href: "/ui/models", "data-page": "models" }, "Models"), " / ", title, state, actions), reason);
+  const header = h("section", { class: "card" }, h("div", { class: "card-header" }, h("a", { href: url("/ui/models"), "data-page": "models" }, "Models"), " / ", title, state, actions), reason);
   const details = h("section", { class: "card", "aria-label": "Settings" }, h("div", { class: "card-header" }, h("h2", {}, "Settings")), settings);
   const recent = h("section", { class: "card activity-card", "aria-label": "Recent activity" }, h("div", { class: "card-header" }, h("h2", {}, "Recent activity")), activity);
   const logs = h("section", { class: "card log-panel", "aria-label": "Log" }, h("div", { class: "card-header" }, h("h2", {}, "Log")), log);
@@ -117,7 +117,7 @@ export function modelPage(container, modelId) {
 
   const load = async () => {
     try {
-      const response = await fetch(`/api/models/${modelPath(modelId)}`);
+      const response = await fetch(url(`/api/models/${modelPath(modelId)}`));
       if (!response.ok) {
         title.textContent = `Model “${modelId}” not found`;
         return;
@@ -125,7 +125,7 @@ export function modelPage(container, modelId) {
       const info = await response.json();
       renderSettings(info);
       renderState(info);
-      const listing = await fetch(`/api/metrics/activity?${new URLSearchParams({ model: info.id, limit: "20" })}`);
+      const listing = await fetch(url(`/api/metrics/activity?${new URLSearchParams({ model: info.id, limit: "20" })}`));
       if (listing.ok) renderActivity((await listing.json()).data);
     } catch (error) {
       /* the connection badge says the server is away */
@@ -137,7 +137,7 @@ export function modelPage(container, modelId) {
   let text = "";
   const follow = async () => {
     try {
-      const response = await fetch(`/logs/stream/${modelPath(modelId)}`);
+      const response = await fetch(url(`/logs/stream/${modelPath(modelId)}`));
       reader = response.body.getReader();
       const decoder = new TextDecoder();
       for (;;) {

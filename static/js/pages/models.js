@@ -1,8 +1,18 @@
-import { h, modelPath, persist, persisted } from "../dom.js";
+import { formatNumber, h, modelPath, persist, persisted, url } from "../dom.js";
 import { logPanel } from "../logpanel.js";
 import { split } from "../split.js";
 import { statsPanel } from "../stats.js";
 import { store } from "../store.js";
+
+// What a model can do, as the badges Settings can turn on.
+export function capabilityTags(model) {
+  const names = Object.entries(model.capabilities || {})
+    .filter(([, on]) => on)
+    .map(([name]) => name.replaceAll("_", " "));
+  if (model.context_length) names.push(`${formatNumber(model.context_length)} context`);
+  for (const alias of model.aliases || []) names.push(`alias ${alias}`);
+  return names.length ? h("div", { class: "tags", "data-testid": "capability-tags" }, names.map((name) => h("span", { class: "tag" }, name))) : null;
+}
 
 export function modelsPage(container) {
   const models = modelsCard();
@@ -46,7 +56,8 @@ function modelsCard() {
   const render = () => {
     label.textContent = options.label === "id" ? "Show names" : "Show ids";
     unlisted.setAttribute("aria-pressed", String(options.showUnlisted));
-    const running = store.models.some((m) => m.state !== "stopped" && m.state !== "shutdown");
+    const running = store.models.some((m) => !m.peerID && m.state !== "stopped" && m.state !== "shutdown");
+    const showTags = persisted("capabilityTags", false);
     unloadAll.disabled = !running || pending.has("*");
     const shown = store.models.filter((model) => options.showUnlisted || !model.unlisted);
     if (!shown.length) {
@@ -55,6 +66,15 @@ function modelsCard() {
     }
     const rows = shown.map((model) => {
       const title = options.label === "name" && model.name ? model.name : model.id;
+      if (model.peerID) {
+        return h(
+          "tr",
+          { "data-model": model.id },
+          h("td", {}, h("div", { class: "model-name" }, title, h("span", { class: "tag" }, `peer ${model.peerID}`))),
+          h("td", {}, h("span", { class: "badge", "data-state": "peer", "data-testid": "state" }, "peer")),
+          h("td", { class: "actions" }),
+        );
+      }
       const busy = pending.has(model.id);
       const loaded = model.state === "ready" || model.state === "starting";
       const button = model.state === "failed"
@@ -71,10 +91,11 @@ function modelsCard() {
           h(
             "div",
             { class: "model-name" },
-            h("a", { href: `/ui/models/${modelPath(model.id)}`, "data-page": "models", title: "Settings, activity and log of this model" }, title),
-            h("a", { class: "server-link", href: `/upstream/${modelPath(model.id)}/`, target: "_blank", rel: "noopener", title: "Open the model server's own page", "aria-label": `Open ${model.id}'s own page` }, "↗"),
+            h("a", { href: url(`/ui/models/${modelPath(model.id)}`), "data-page": "models", title: "Settings, activity and log of this model" }, title),
+            h("a", { class: "server-link", href: url(`/upstream/${modelPath(model.id)}/`), target: "_blank", rel: "noopener", title: "Open the model server's own page", "aria-label": `Open ${model.id}'s own page` }, "↗"),
             model.unlisted ? h("span", { class: "unlisted-tag" }, "unlisted") : null,
           ),
+          showTags ? capabilityTags(model) : null,
           model.description ? h("div", { class: "model-description" }, model.description) : null,
           model.state === "failed" && model.reason ? h("div", { class: "model-reason", "data-testid": "reason" }, model.reason) : null,
         ),

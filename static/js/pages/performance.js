@@ -1,9 +1,9 @@
 // Performance: the machine (CPU, memory, GPUs from /api/performance) and
-// the requests (rate and generation speed from the activity log) over time,
-// refreshed every few seconds.
+// the requests (rate, generation speed and time to first token from the
+// activity log) over time, refreshed every few seconds.
 
 import { lineChart } from "../chart.js";
-import { formatNumber, h } from "../dom.js";
+import { formatNumber, h, url } from "../dom.js";
 
 const REFRESH_MS = 5000;
 
@@ -19,12 +19,13 @@ export function performancePage(container) {
   const gpu = panel("GPU", "chart-gpu");
   const rate = panel("Requests per minute", "chart-rate");
   const speed = panel("Generation speed", "chart-speed");
+  const firstToken = panel("Time to first token", "chart-first-token");
   const notice = h("p", { class: "muted", "data-testid": "performance-notice", hidden: true });
-  container.append(notice, h("div", { class: "model-grid charts" }, cpu.card, memory.card, rate.card, speed.card, gpu.card));
+  container.append(notice, h("div", { class: "model-grid charts" }, cpu.card, memory.card, rate.card, speed.card, firstToken.card, gpu.card));
 
   const refresh = async () => {
     try {
-      const response = await fetch("/api/performance");
+      const response = await fetch(url("/api/performance"));
       if (response.status === 503) {
         notice.textContent = "Host monitoring is off (performance.disabled in the configuration).";
         notice.hidden = false;
@@ -47,7 +48,7 @@ export function performancePage(container) {
         gpu.body.replaceChildren(lineChart([...byGpu.values()].map((entries, index) => ({ label: `GPU ${index}`, points: entries })), { unit: "%", max: 100, label: "GPU use over time" }));
       }
       const since = new Date(Date.now() - 3600 * 1000).toISOString().replace(/\.\d+Z$/, "Z");
-      const listing = await fetch(`/api/metrics/activity?${new URLSearchParams({ start: since, limit: "999" })}`);
+      const listing = await fetch(url(`/api/metrics/activity?${new URLSearchParams({ start: since, limit: "999" })}`));
       if (listing.ok) {
         const entries = (await listing.json()).data;
         const perMinute = new Map();
@@ -63,6 +64,14 @@ export function performancePage(container) {
           .sort((a, b) => a[0] - b[0]);
         speed.body.replaceChildren(lineChart([{ label: "tokens/s", points: speeds }], { unit: "", label: "Generation speed in tokens per second" }));
         speed.value.textContent = speeds.length ? `${speeds[speeds.length - 1][1].toFixed(1)} tokens/s` : "";
+        // the model server's own prompt processing time (tokens over speed),
+        // which is what a client waits for its first token once the model runs
+        const waits = entries
+          .filter((entry) => entry.tokens.input_tokens > 0 && entry.tokens.prompt_per_second > 0)
+          .map((entry) => [Date.parse(entry.timestamp), (1000 * entry.tokens.input_tokens) / entry.tokens.prompt_per_second])
+          .sort((a, b) => a[0] - b[0]);
+        firstToken.body.replaceChildren(lineChart([{ label: "ms", points: waits }], { unit: " ms", label: "Time to first token in milliseconds (prompt processing)" }));
+        firstToken.value.textContent = waits.length ? `${Math.round(waits[waits.length - 1][1])} ms` : "";
       }
     } catch (error) {
       /* the connection badge says the server is away */

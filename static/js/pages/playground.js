@@ -1,168 +1,133 @@
-// Playground: chat with any model from the browser -- streamed answers,
-// a stop button, reasoning shown apart (and collapsed once the answer is
-// done), a system prompt, temperature and token limits; the conversation
-// stays in this browser until cleared.
+// Playground: try any model from the browser.  One model picker; the
+// model's declared capabilities decide which tabs apply (a model that
+// declares none may be tried with all of them): chat, images, speech,
+// transcription, rerank and a concurrency tester.
 
-import { h, persist, persisted, sseEvent } from "../dom.js";
-import { renderMarkdown } from "../markdown.js";
+import { h, persist, persisted, url } from "../dom.js";
+import { chatTab } from "../playground/chat.js";
+import { concurrencyTab } from "../playground/concurrency.js";
+import { imagesTab } from "../playground/images.js";
+import { rerankTab } from "../playground/rerank.js";
+import { speechTab } from "../playground/speech.js";
+import { transcribeTab } from "../playground/transcribe.js";
 import { store } from "../store.js";
 
-function bubble(message) {
-  const body = h("div", { class: "bubble-body" });
-  const reasoning = h("details", { class: "reasoning", hidden: !message.reasoning }, h("summary", {}, "Reasoning"), h("pre", {}, message.reasoning || ""));
-  const element = h("div", { class: `bubble ${message.role}`, "data-role": message.role }, reasoning, body);
-  const update = (done) => {
-    reasoning.hidden = !message.reasoning;
-    reasoning.querySelector("pre").textContent = message.reasoning || "";
-    reasoning.open = !done && !message.content;
-    body.replaceChildren(message.role === "assistant" ? renderMarkdown(message.content || "") : h("p", {}, message.content));
-  };
-  update(true);
-  return { element, update };
+const TABS = [
+  { id: "chat", label: "Chat", build: chatTab },
+  { id: "images", label: "Images", build: imagesTab },
+  { id: "speech", label: "Speech", build: speechTab },
+  { id: "transcription", label: "Transcription", build: transcribeTab },
+  { id: "rerank", label: "Rerank", build: rerankTab },
+  { id: "concurrency", label: "Concurrency", build: concurrencyTab },
+];
+const EVERY_TAB = TABS.map((tab) => tab.id);
+
+// The tabs a /v1/models record's capabilities allow.
+export function tabsFor(record) {
+  const flags = record.capabilities || {};
+  const outputs = (record.architecture || {}).output_modalities || [];
+  if (!record.capabilities && !record.architecture) return EVERY_TAB;
+  const chats = outputs.includes("text") || (!outputs.length && !flags.reranker);
+  const tabs = new Set();
+  if (chats) tabs.add("chat").add("concurrency");
+  if (flags.image_generation || flags.image_to_image) tabs.add("images");
+  if (flags.audio_speech) tabs.add("speech");
+  if (flags.audio_transcriptions) tabs.add("transcription");
+  if (flags.reranker) tabs.add("rerank");
+  return tabs.size ? EVERY_TAB.filter((id) => tabs.has(id)) : EVERY_TAB;
 }
 
 export function playgroundPage(container) {
-  const saved = persisted("playground", { model: "", system: "", temperature: 0.7, maxTokens: 512, messages: [] });
+  const saved = persisted("playgroundTab", { model: persisted("playground", {}).model || "", tab: "chat" });
   const model = h("select", { "aria-label": "Model", "data-testid": "playground-model" });
-  const system = h("textarea", { rows: 2, placeholder: "System prompt (optional)", "aria-label": "System prompt" });
-  system.value = saved.system;
-  const temperature = h("input", { type: "number", min: 0, max: 2, step: 0.1, value: saved.temperature, "aria-label": "Temperature" });
-  const maxTokens = h("input", { type: "number", min: 1, step: 1, value: saved.maxTokens, "aria-label": "Max tokens" });
-  const conversation = h("div", { class: "conversation", "data-testid": "conversation", "aria-live": "polite" });
-  const input = h("textarea", { rows: 3, placeholder: "Message (Enter sends, Shift+Enter for a new line)", "aria-label": "Message" });
-  const send = h("button", { class: "button primary", type: "submit" }, "Send");
-  const stop = h("button", { class: "button danger", type: "button", hidden: true }, "Stop");
-  const clear = h("button", { class: "button", type: "button" }, "Clear");
-  const status = h("span", { class: "muted", "data-testid": "playground-status", "aria-live": "polite" });
-  const form = h("form", { class: "composer" }, input, h("div", { class: "composer-actions" }, status, clear, stop, send));
-  container.append(
-    h(
-      "section",
-      { class: "card playground", "aria-label": "Chat" },
-      h("div", { class: "card-header" }, h("h2", {}, "Chat"), model, h("label", {}, "Temperature ", temperature), h("label", {}, "Max tokens ", maxTokens)),
-      h("div", { class: "playground-body" }, system, conversation, form),
-    ),
-  );
+  const tabList = h("div", { class: "tablist", role: "tablist", "aria-label": "Playground" });
+  const panels = h("div", { class: "playground-body" });
+  container.append(h("section", { class: "card playground", "aria-label": "Playground" }, h("div", { class: "card-header" }, h("h2", {}, "Playground"), model, tabList), panels));
 
-  let messages = saved.messages;
-  let controller = null;
-  const save = () => {
-    persist("playground", {
-      model: model.value,
-      system: system.value,
-      temperature: Number(temperature.value),
-      maxTokens: Number(maxTokens.value),
-      messages: messages.slice(-50),
-    });
-  };
-  const renderAll = () => {
-    conversation.replaceChildren(...messages.map((message) => bubble(message).element));
-    conversation.scrollTop = conversation.scrollHeight;
-  };
-  const fillModels = () => {
-    const ids = store.models.filter((entry) => !entry.unlisted).map((entry) => entry.id);
-    const current = model.value || saved.model;
-    model.replaceChildren(...ids.map((id) => h("option", { value: id }, id)));
-    if (ids.includes(current)) model.value = current;
+  const context = { model: () => model.value };
+  const built = new Map(); // tab id -> { element, cleanup, modelChanged }
+  let records = [];
+  let current = saved.tab;
+
+  const save = () => persist("playgroundTab", { model: model.value, tab: current });
+  const allowed = () => {
+    const record = records.find((entry) => entry.id === model.value);
+    return record ? tabsFor(record) : EVERY_TAB;
   };
 
-  const busy = (on) => {
-    send.disabled = on;
-    stop.hidden = !on;
-  };
-
-  const ask = async () => {
-    const text = input.value.trim();
-    if (!text || controller) return;
-    input.value = "";
-    messages.push({ role: "user", content: text });
-    const answer = { role: "assistant", content: "", reasoning: "" };
-    messages.push(answer);
-    renderAll();
-    const view = bubble(answer);
-    conversation.lastChild.replaceWith(view.element);
-    controller = new AbortController();
-    busy(true);
-    status.textContent = "";
-    const history = messages.slice(0, -1).map(({ role, content }) => ({ role, content }));
-    if (system.value.trim()) history.unshift({ role: "system", content: system.value.trim() });
-    try {
-      const response = await fetch("/v1/chat/completions", {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({
-          model: model.value,
-          messages: history,
-          stream: true,
-          temperature: Number(temperature.value),
-          max_tokens: Number(maxTokens.value),
-        }),
-        signal: controller.signal,
-      });
-      if (!response.ok) {
-        let message = `HTTP ${response.status}`;
-        try {
-          message = (await response.json()).error.message || message;
-        } catch (error) {
-          /* not JSON */
-        }
-        throw new Error(message);
-      }
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder();
-      let pending = "";
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        pending += decoder.decode(value, { stream: true });
-        const lines = pending.split("\n");
-        pending = lines.pop();
-        for (const line of lines) {
-          const event = sseEvent(line);
-          if (!event) continue;
-          if (event.error) throw new Error(event.error.message || "the stream ended with an error");
-          const delta = ((event.choices || [])[0] || {}).delta || {};
-          answer.content += delta.content || "";
-          answer.reasoning += delta.reasoning_content || "";
-        }
-        view.update(false);
-        conversation.scrollTop = conversation.scrollHeight;
-      }
-      status.textContent = "";
-    } catch (error) {
-      status.textContent = error.name === "AbortError" ? "stopped" : `error: ${error.message}`;
-      if (!answer.content) answer.content = error.name === "AbortError" ? "(stopped)" : "";
-    } finally {
-      controller = null;
-      busy(false);
-      view.update(true);
-      save();
+  const select = (id, focus = false) => {
+    const tabs = allowed();
+    current = tabs.includes(id) ? id : tabs[0];
+    for (const tab of TABS) {
+      const button = tabList.querySelector(`[data-tab="${tab.id}"]`);
+      button.hidden = !tabs.includes(tab.id);
+      button.setAttribute("aria-selected", String(tab.id === current));
+      button.tabIndex = tab.id === current ? 0 : -1;
     }
-  };
-
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    ask();
-  });
-  input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey) {
-      event.preventDefault();
-      ask();
+    if (!built.has(current)) {
+      const tab = TABS.find((entry) => entry.id === current).build(context);
+      tab.element.setAttribute("role", "tabpanel");
+      tab.element.id = `panel-${current}`;
+      tab.element.setAttribute("aria-labelledby", `tab-${current}`);
+      built.set(current, tab);
+      panels.append(tab.element);
+      if (tab.modelChanged && model.value) tab.modelChanged(model.value);
     }
-  });
-  stop.addEventListener("click", () => controller && controller.abort());
-  clear.addEventListener("click", () => {
-    messages = [];
+    for (const [id, tab] of built) tab.element.hidden = id !== current;
+    if (focus) tabList.querySelector(`[data-tab="${current}"]`).focus();
     save();
-    renderAll();
-  });
-  for (const control of [model, system, temperature, maxTokens]) control.addEventListener("change", save);
+  };
 
-  fillModels();
-  renderAll();
-  const unsubscribe = store.on("models", fillModels);
+  for (const tab of TABS) {
+    const button = h("button", { type: "button", role: "tab", id: `tab-${tab.id}`, "aria-controls": `panel-${tab.id}`, "data-tab": tab.id }, tab.label);
+    button.addEventListener("click", () => select(tab.id));
+    tabList.append(button);
+  }
+  // arrow keys move between the tabs that apply
+  tabList.addEventListener("keydown", (event) => {
+    const tabs = allowed();
+    const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+    if (!step) return;
+    event.preventDefault();
+    select(tabs[(tabs.indexOf(current) + step + tabs.length) % tabs.length], true);
+  });
+
+  const fillModels = (list) => {
+    records = list;
+    const wanted = model.value || saved.model;
+    model.replaceChildren(...records.map((record) => h("option", { value: record.id }, record.name && record.name !== record.id ? `${record.id} — ${record.name}` : record.id)));
+    if (records.some((record) => record.id === wanted)) model.value = wanted;
+    select(current);
+  };
+
+  // /v1/models has the capabilities; ask again (at most every 200 ms) when
+  // the models change
+  let timer = null;
+  let alive = true;
+  const refresh = async () => {
+    try {
+      const response = await fetch(url("/v1/models"));
+      if (response.ok && alive) fillModels(((await response.json()).data || []).filter((record) => record.id));
+    } catch (error) {
+      /* the connection badge says the server is gone; keep what we have */
+    }
+  };
+  const later = () => {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 200);
+  };
+
+  model.addEventListener("change", () => {
+    select(current);
+    for (const tab of built.values()) if (tab.modelChanged) tab.modelChanged(model.value);
+  });
+  select(current);
+  refresh();
+  const unsubscribe = store.on("models", later);
   return () => {
+    alive = false;
+    clearTimeout(timer);
     unsubscribe();
-    if (controller) controller.abort();
+    for (const tab of built.values()) tab.cleanup();
   };
 }

@@ -1,7 +1,8 @@
-// Settings: the theme (light, dark or the system's), the active profile
-// (which changes how requests are routed), and what this llamaswap is.
+// Settings: the theme (light, dark or the system's), capability tags on the
+// Models page, the active profile (which changes how requests are routed),
+// and which llamaswap this is.
 
-import { h, persist, persisted } from "../dom.js";
+import { h, persist, persisted, url } from "../dom.js";
 import { store } from "../store.js";
 
 export function applyTheme(choice) {
@@ -39,13 +40,28 @@ export function settingsPage(container) {
   const profiles = h("div", { "data-testid": "profiles" }, "Loading…");
   const status = h("span", { class: "muted", "aria-live": "polite", "data-testid": "profile-status" }); // kept across redraws
   const build = h("div", { "data-testid": "build" }, "Loading…");
+  const tags = h("input", { type: "checkbox", checked: persisted("capabilityTags", false), "data-testid": "capability-tags-switch" });
+  tags.addEventListener("change", () => persist("capabilityTags", tags.checked));
+  const modelsPage = h(
+    "div",
+    {},
+    h("label", {}, tags, " Show capability tags"),
+    h("p", { class: "muted" }, "Badges next to each model on the Models page: vision, tools, speech, context length, aliases."),
+  );
   container.append(
-    h("div", { class: "model-grid" }, section("Theme", themes), section("Profile", profiles), section("About", build)),
+    h(
+      "div",
+      { class: "model-grid" },
+      section("Theme", themes),
+      section("Models page", modelsPage),
+      section("Profile", profiles),
+      section("About", build),
+    ),
   );
 
   const showProfiles = async () => {
     try {
-      const response = await fetch("/api/profiles");
+      const response = await fetch(url("/api/profiles"));
       const { active, profiles: list } = await response.json();
       if (!list.length) {
         profiles.replaceChildren(h("p", { class: "muted" }, "No profiles in the configuration."));
@@ -59,7 +75,7 @@ export function settingsPage(container) {
       );
       select.value = active || "";
       select.addEventListener("change", async () => {
-        const answer = await fetch("/api/profiles/active", {
+        const answer = await fetch(url("/api/profiles/active"), {
           method: "PUT",
           headers: { "Content-Type": "application/json" },
           body: JSON.stringify({ name: select.value || null }),
@@ -80,21 +96,12 @@ export function settingsPage(container) {
 
   const showBuild = async () => {
     try {
-      const [version, hardware] = await Promise.all([fetch("/api/version"), fetch("/api/hardware")]);
-      const info = await version.json();
-      const rows = [["Version", info.version], ["Commit", info.commit || "–"], ["Built", info.build_date || "–"]];
-      if (hardware.ok) {
-        const machine = await hardware.json();
-        const os = machine.operating_system || {};
-        const cpu = machine.cpu || {};
-        rows.push(["System", `${os.name || os.family || "?"} ${os.version || ""} (${(machine.architecture || {}).name || "?"})`]);
-        rows.push(["CPU", `${cpu.model || "?"}, ${cpu.physical_core_count || "?"} cores, ${cpu.logical_thread_count || "?"} threads`]);
-        rows.push(["Memory", `${((machine.memory || {}).capacity_bytes / 2 ** 30).toFixed(1)} GiB`]);
-        for (const accelerator of machine.accelerators || []) {
-          rows.push(["Accelerator", `${accelerator.name || accelerator.model || "GPU"} ${accelerator.memory_bytes ? (accelerator.memory_bytes / 2 ** 30).toFixed(0) + " GiB" : ""}`]);
-        }
-      }
-      build.replaceChildren(h("table", { class: "headers" }, h("tbody", {}, rows.map(([label, value]) => h("tr", {}, h("th", {}, label), h("td", {}, value))))));
+      const info = await (await fetch(url("/api/version"))).json();
+      const rows = [["Version", info.version], ["Commit", info.commit ? info.commit.slice(0, 7) : "–"], ["Built", info.build_date || "–"]];
+      build.replaceChildren(
+        h("table", { class: "headers" }, h("tbody", {}, rows.map(([label, value]) => h("tr", {}, h("th", { scope: "row" }, label), h("td", {}, value))))),
+        h("p", {}, h("a", { href: url("/ui/hardware"), "data-page": "hardware" }, "This machine's hardware")),
+      );
     } catch (error) {
       build.replaceChildren(h("p", { class: "muted" }, "Build information could not be read."));
     }
