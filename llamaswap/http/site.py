@@ -30,7 +30,9 @@ MAX_REQUEST_BODY = 256 * 1024 * 1024
 
 _TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
 DEFAULT_ALLOWED_HEADERS = "Content-Type, Authorization, Accept, X-Requested-With"
-UNLOGGED_PATHS = {b"/wol-health"}
+# Polled all day by monitors and the UI: left out of the access log, as the
+# newest llama-swap does (path prefixes).
+UNLOGGED_PREFIXES = (b"/wol-health", b"/api/performance", b"/metrics")
 
 
 def sanitize_cors_headers(value: str) -> str:
@@ -197,7 +199,7 @@ class LlamaswapSite(server.Site):
         return channel
 
     def log(self, request, disconnected: bool = False):
-        if getattr(request, "_logged", True) or request.path is None or request.path in UNLOGGED_PATHS:
+        if getattr(request, "_logged", True) or request.path is None or request.path.startswith(UNLOGGED_PREFIXES):
             return
         request._logged = True
         now = self.clock.seconds()

@@ -13,7 +13,8 @@ import shutil
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.utils import getProcessOutput
+
+from llamaswap.observe.tool import run_tool
 
 GPU_QUERY = ("index", "name", "memory.total", "driver_version", "power.limit")
 
@@ -143,4 +144,4 @@ def _nvidia_smi() -> Deferred | None:
     tool = shutil.which("nvidia-smi")
     if tool is None:
         return None
-    return getProcessOutput(tool, [f"--query-gpu={','.join(GPU_QUERY)}", "--format=csv,noheader,nounits"])
+    return run_tool(tool, [f"--query-gpu={','.join(GPU_QUERY)}", "--format=csv,noheader,nounits"])

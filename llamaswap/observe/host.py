@@ -18,12 +18,12 @@ from typing import Any, Callable
 
 from attrs import asdict, frozen
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
-from twisted.internet.utils import getProcessOutput
 from twisted.logger import Logger
 
 from llamaswap.observe.timestamps import rfc3339
+from llamaswap.observe.tool import run_tool
 
 log = Logger()
 
@@ -185,6 +185,7 @@ class HostSampler(Service):
         self._loop: LoopingCall | None = None
         self._gpu_query: Deferred | None = None
         self._warned = False
+        self._gpu_warned = False
 
     def _capacity(self) -> int:
         return max(1, int(HISTORY_SECONDS / self.every))
@@ -233,8 +234,15 @@ class HostSampler(Service):
             if query is not None:
                 self._gpu_query = query
                 query.addCallback(lambda output: self.gpu_stats.append(parse_nvidia_smi(output, now)))
-                query.addErrback(lambda failure: None)  # a GPU gone away, a driver hiccup: try again next time
+                query.addErrback(self._gpu_failed)
                 query.addBoth(self._gpu_done)
+
+    def _gpu_failed(self, failure) -> None:
+        # a GPU gone away, a driver hiccup, a hung nvidia-smi (killed):
+        # said once, tried again at the next sample
+        if not failure.check(CancelledError) and not self._gpu_warned:
+            self._gpu_warned = True
+            log.warn("nvidia-smi failed, GPU samples are missing: {error}", error=failure.getErrorMessage())
 
     def _gpu_done(self, result) -> None:
         self._gpu_query = None
@@ -267,4 +275,4 @@ def _nvidia_smi() -> Deferred | None:
     if tool is None:
         return None
     arguments = [f"--query-gpu={','.join(NVIDIA_FIELDS)}", "--format=csv,noheader,nounits"]
-    return getProcessOutput(tool, arguments, errortoo=False)
+    return run_tool(tool, arguments)

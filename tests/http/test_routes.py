@@ -465,6 +465,15 @@ def test_favicon_and_wol_health(server):
     assert "GET /wol-health" not in history  # the wake-on-LAN proxy's checks are not logged
 
 
+def test_polled_paths_stay_out_of_the_access_log(server):
+    for path in ("/metrics", "/api/performance", "/api/performance?after=2026-01-01T00:00:00Z", "/health"):
+        server.fetch("GET", path)
+    server.advance(0.01)
+    history = server.service.logs.proxy_monitor.history().decode()
+    assert "GET /metrics" not in history and "GET /api/performance" not in history  # scraped all day
+    assert '"GET /health HTTP/1.1" 200' in history
+
+
 ODD_PATHS = [
     b"//etc/passwd",
     b"/%2fetc%2fpasswd",

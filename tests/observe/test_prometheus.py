@@ -143,6 +143,44 @@ def test_a_host_without_statistics_keeps_serving():
     host.stopService()
 
 
+def test_a_hung_or_failing_nvidia_smi_is_not_piled_up_and_is_reported_once():
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from llamaswap.observe.tool import ToolTimedOut
+
+    clock = Clock()
+    queries = []
+
+    def query():
+        queries.append(Deferred())
+        return queries[-1]
+
+    warnings = []
+    observer = lambda event: "nvidia-smi" in str(event.get("log_format")) and warnings.append(event)  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        host = HostSampler(clock, every=5, read_sys=sample_at, query_gpus=query, wall_clock=clock.seconds)
+        host.startService()
+        for _ in range(3):
+            clock.advance(5)
+        assert len(queries) == 1  # one run at a time, however long it takes
+        queries[0].errback(ToolTimedOut("no answer in 10 s"))
+        clock.advance(5)
+        assert len(queries) == 2
+        queries[1].errback(ToolTimedOut("no answer in 10 s"))
+        clock.advance(5)
+        queries[2].callback(NVIDIA)
+        assert len(host.history()[1]) == 2 and len(host.history()[0]) == 6
+        assert [event["error"] for event in warnings] == ["no answer in 10 s"]  # said once
+        clock.advance(5)
+        host.stopService()  # the pending run is cancelled (which kills the tool), quietly
+        assert queries[3].called and len(warnings) == 1
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
 def test_performance_api(memory):
     server = memory(CONFIG)
     server.advance(11)  # a few samples
