@@ -29,7 +29,7 @@ export function concurrencyTab(context) {
   const { status, element } = panel("concurrency", form, h("div", {}, summary, table));
   let controller = null;
 
-  const one = async (index, modelId, signal, row) => {
+  const one = async (modelId, signal, row) => {
     const cells = [...row.children];
     const shown = (result) => {
       cells[1].textContent = result.status;
@@ -88,7 +88,7 @@ export function concurrencyTab(context) {
     rows.replaceChildren(...rowsShown);
     const loading = showLoading(status, modelId);
     const began = performance.now();
-    const results = await Promise.all(rowsShown.map((row, index) => one(index, modelId, controller.signal, row)));
+    const results = await Promise.all(rowsShown.map((row) => one(modelId, controller.signal, row)));
     const wall = performance.now() - began;
     loading();
     const finished = results.filter((result) => result.status === "done");
