@@ -239,7 +239,7 @@ class UpstreamRequest:
         self._connecting = None
         if not self._done:
             self._done = True
-            self.receiver.request_failed(failure)
+            self._told().request_failed(failure)
 
     def _send(self, connection: UpstreamConnection, reused: bool) -> None:
         self.connection = connection
@@ -257,7 +257,7 @@ class UpstreamRequest:
     def head_received(self, head: ResponseHead) -> None:
         if not self._done:
             self._done = True
-            self.receiver.head_received(self.connection, head)
+            self._told().head_received(self.connection, head)
 
     def head_failed(self, error: Exception) -> None:
         if self._done:
@@ -267,7 +267,15 @@ class UpstreamRequest:
             self.start(fresh=True)
             return
         self._done = True
-        self.receiver.request_failed(Failure(error))
+        self._told().request_failed(Failure(error))
+
+    def _told(self) -> ResponseReceiver:
+        """
+        The receiver, for the one thing it is told; this request lets go of
+        it (receivers keep their request to cancel it: no cycle is left).
+        """
+        receiver, self.receiver = self.receiver, None
+        return receiver
 
 
 class _DeferredResponse:

@@ -99,10 +99,14 @@ class Gateway:
         return cancel
 
     def _finished(self, result, cancel: _Cancel) -> None:
-        if cancel.entry is not None:
-            self.inflight.remove(cancel.entry)
-        if cancel.activity is not None:
-            cancel.activity.finished(result)
+        entry, activity = cancel.entry, cancel.activity
+        # the entry and the cancel refer to each other: part them, so that
+        # the request is freed when it ends, not by the garbage collector
+        cancel.entry = cancel.resource = cancel.waiting = None
+        if entry is not None:
+            self.inflight.remove(entry)
+        if activity is not None:
+            activity.finished(result)
 
     def _observers(self, request: Request, name: str, cancel: _Cancel) -> tuple:
         observers = []

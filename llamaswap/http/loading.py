@@ -103,6 +103,7 @@ class LoadingStream:
         self._active = False
         if self._ticker.running:
             self._ticker.stop()
+        self._ticker = None  # it calls back into this stream: part them
         return True
 
     def done(self) -> None:

@@ -289,23 +289,22 @@ class _ProxiedExchange:
         it waits.
         """
         resource = self.resource
-        if resource.explain is None or resource.clock is None or self.client_gone or self._awaited:
+        if self.done or resource.explain is None or resource.clock is None or self.client_gone or self._awaited:
             return False
         if resource.explain() is not None:
             return False
         self._awaited = True
-        deadline = resource.clock.seconds() + EXIT_GRACE
-
-        def check() -> None:
-            if self.done:
-                return
-            if resource.explain() is None and resource.clock.seconds() < deadline and not self.client_gone:
-                resource.clock.callLater(EXIT_POLL, check)
-                return
-            then()
-
-        resource.clock.callLater(EXIT_POLL, check)
+        resource.clock.callLater(EXIT_POLL, self._check_exit, then, resource.clock.seconds() + EXIT_GRACE)
         return True
+
+    def _check_exit(self, then: Callable[[], None], deadline: float) -> None:
+        if self.done:
+            return
+        resource = self.resource
+        if resource.explain() is None and resource.clock.seconds() < deadline and not self.client_gone:
+            resource.clock.callLater(EXIT_POLL, self._check_exit, then, deadline)
+            return
+        then()
 
     # flow control from the client side
     def pauseProducing(self) -> None:
@@ -420,6 +419,7 @@ class _ProxiedExchange:
             observer.response_ended(complete and not self.client_gone)
         if self.resource.on_done is not None:
             self.resource.on_done()
+        self.resource.exchange = None  # no cycle left to the garbage collector
 
 
 class ReverseProxyResource(Resource):

@@ -6,6 +6,7 @@ shapes follow the original llama-swap so that its clients keep working.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Callable
 from urllib.parse import urlsplit
@@ -78,6 +79,8 @@ INFERENCE_PATHS = (
 FORM_PATHS = ("/v1/audio/transcriptions", "/v1/images/edits")
 # Endpoints routed by a ?model= query parameter (GET).
 QUERY_PATHS = ("/v1/audio/voices", "/sdapi/v1/loras", "/props")
+# Ollama's inference endpoints, /api/<kind>, translated to OpenAI's
+OLLAMA_KINDS = ("chat", "generate", "embed", "embeddings")
 STRIPPED_PREFIXES = (b"/v/", b"/audioapi/")
 
 
@@ -193,6 +196,8 @@ class Routes:
             routes[(b"POST", path.encode())] = self.form_inference
         for path in QUERY_PATHS:
             routes[(b"GET", path.encode())] = self.query_inference
+        for kind in OLLAMA_KINDS:
+            routes[(b"POST", f"/api/{kind}".encode())] = functools.partial(self._ollama, kind=kind)
         return routes
 
     @property
@@ -314,23 +319,7 @@ class Routes:
 
     # ------------------------------------------------------------ Ollama
 
-    @app.route("/api/chat", methods=["POST"])
-    def ollama_chat(self, request):
-        return self._ollama(request, "chat")
-
-    @app.route("/api/generate", methods=["POST"])
-    def ollama_generate(self, request):
-        return self._ollama(request, "generate")
-
-    @app.route("/api/embed", methods=["POST"])
-    def ollama_embed(self, request):
-        return self._ollama(request, "embed")
-
-    @app.route("/api/embeddings", methods=["POST"])
-    def ollama_embeddings(self, request):
-        return self._ollama(request, "embeddings")
-
-    def _ollama(self, request: Request, kind: str):
+    def _ollama(self, request: Request, kind: str):  # POST /api/{chat,generate,embed,embeddings}
         """
         An Ollama inference request: translated to the OpenAI request it
         means, routed like any other, its answer translated back -- or sent

@@ -278,7 +278,11 @@ class RootResource:
         handler = self.fast_routes.get((request.method, request.path))
         if handler is None:
             return self.app.render(request)
-        result = handler(request)
+        try:
+            result = handler(request)
+        except Exception:
+            self._failed(Failure(), request)  # a bug: logged, and a plain 500
+            return NOT_DONE_YET
         if isinstance(result, Deferred):
             request.notifyFinish().addErrback(lambda _: result.cancel())
             result.addCallback(self._respond, request)

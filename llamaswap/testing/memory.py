@@ -341,7 +341,10 @@ class MemoryNetwork:
             producer, end.producer = end.producer, None
             if producer is not None:
                 producer.stopProducing()
-            end.protocol.connectionLost(reason)
+            # as Twisted's transports do: the closed transport lets go of its
+            # protocol, so the two are not left in a cycle
+            protocol, end.protocol = end.protocol, None
+            protocol.connectionLost(reason)
 
 
 def _canonical(host: str) -> str:

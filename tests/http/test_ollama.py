@@ -207,3 +207,27 @@ def test_a_peers_model_through_ollamas_api(memory):
         assert "".join(line["response"] for line in lines(body)) == "remote-0 remote-1 "
     finally:
         far.stop()
+
+
+def test_a_bug_in_a_handler_is_a_logged_500_not_a_crash(memory, monkeypatch):
+    from twisted.logger import globalLogPublisher
+
+    from llamaswap.http import ollama
+
+    def broken(document):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ollama, "chat_request", broken)
+    server = memory(CONFIG)
+    logged = []
+    observer = lambda event: "log_failure" in event and logged.append(event["log_failure"])  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        response, body = server.fetch("POST", "/api/chat", json={"model": "m", "messages": []})
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert response.code == 500 and b"internal error" in body and b"a bug" not in body  # no details to the client
+    assert [failure.getErrorMessage() for failure in logged] == ["a bug"]  # the details in the log
+    # and the service keeps serving
+    response, body = server.fetch("POST", "/api/generate", json={"model": "m", "prompt": "hi", "stream": False})
+    assert response.code == 200
