@@ -388,8 +388,11 @@ class _ProxiedExchange:
             return
         self.done = True
         request = self.request
-        if self.streaming and request.channel is not None:
-            request.unregisterProducer()
+        if self.streaming:
+            if request.channel is not None:
+                request.unregisterProducer()
+            else:
+                request.producer = None  # the client left: let go of this exchange all the same
         if self.tunnel:
             if self.connection is not None and not self.connection.lost:
                 self.connection.transport.unregisterProducer()

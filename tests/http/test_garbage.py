@@ -162,3 +162,60 @@ def test_uploads_and_peers_leave_no_cycles(memory):
             assert response.code == 502
 
     assert cyclic_garbage(server, requests) == {}
+
+
+def test_a_client_that_leaves_mid_stream_leaves_no_cycles(memory):
+    server = memory(
+        f"""
+        models:
+          m:
+            cmd: {fake("m")}
+        """
+    )
+    server.chat("m")
+
+    def requests():
+        for _ in range(5):
+            client = server.connect()
+            body = b'{"model": "m", "stream": true}'
+            client.transport.write(
+                b"POST /v1/chat/completions?chunks=50&delay=0.1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body
+            )
+            server.advance(0.35)
+            assert b"m-2" in client.received  # streaming
+            client.transport.abortConnection()  # the user pressed Stop
+            server.advance(0.3)
+        assert server.service.manager.processes["m"].inflight == 0
+
+    assert cyclic_garbage(server, requests) == {}
+
+
+def test_a_client_that_leaves_while_waiting_for_its_model_leaves_no_cycles(memory):
+    server = memory(
+        f"""
+        models:
+          m:
+            cmd: {fake("m", "--startup-delay", "1")}
+          other:
+            cmd: {fake("other")}
+        """
+    )
+    server.chat("m")
+
+    def requests():
+        for _ in range(3):
+            server.chat("other")  # m is stopped: the next request for it waits
+            client = server.connect()
+            body = b'{"model": "m"}'
+            client.transport.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body
+            )
+            server.advance(0.3)
+            assert server.state("m") == "starting"
+            client.transport.abortConnection()  # gives up while it loads
+            server.advance(2)
+        assert server.service.manager.processes["m"].inflight == 0
+
+    assert cyclic_garbage(server, requests) == {}
