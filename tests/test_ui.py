@@ -539,6 +539,26 @@ def test_playground_images_speech_transcription_and_rerank(server, page):
     assert page.errors == []
 
 
+def test_choosing_a_model_for_speech_does_not_load_it(server, page):
+    page.goto(server.url + "/ui/playground")
+    page.get_by_test_id("playground-model").select_option("studio")
+    page.get_by_role("tab", name="Speech").click()
+    page.get_by_label("Voice").focus()  # a stopped model is not asked for its voices
+    page.wait_for_timeout(500)
+    assert json.loads(urllib.request.urlopen(server.url + "/running", timeout=10).read())["running"] == []
+    voices = page.locator("#playground-voices option")
+    expect(voices).to_have_count(0)
+    server.chat("studio")  # once it runs (and the page has heard so), its voices are offered
+    page.wait_for_function(
+        "async () => (await import('/ui/js/store.js')).store.models.some(m => m.id === 'studio' && m.state === 'ready')"
+    )
+    page.get_by_label("Text to speak").focus()
+    page.get_by_label("Voice").focus()
+    expect(voices).to_have_count(3, timeout=10000)
+    assert voices.evaluate_all("options => options.map(option => option.value)") == ["alloy", "echo", "studio-voice"]
+    assert page.errors == []
+
+
 def test_playground_errors_are_shown(server, page):
     page.goto(server.url + "/ui/playground")
     page.get_by_test_id("playground-model").select_option("studio")

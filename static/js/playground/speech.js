@@ -1,8 +1,10 @@
 // Speech: text to /v1/audio/speech, the answer played in an audio player
 // with a link to save it.  Voices come from /v1/audio/voices when the model
-// lists them; any name can be typed.
+// lists them -- asked only of a model already running, as asking would
+// otherwise load it -- and any name can be typed.
 
 import { h, url } from "../dom.js";
+import { store } from "../store.js";
 import { panel, post, run } from "./common.js";
 
 export function speechTab(context) {
@@ -16,7 +18,11 @@ export function speechTab(context) {
   const { status, element } = panel("speech", form, output);
   let objectUrl = null;
 
+  let listed = null; // the model whose voices the list holds
   const listVoices = async (modelId) => {
+    const model = store.models.find((entry) => entry.id === modelId);
+    if (listed === modelId || !model || model.state !== "ready") return;
+    listed = modelId;
     voices.replaceChildren();
     try {
       const response = await fetch(url(`/v1/audio/voices?${new URLSearchParams({ model: modelId })}`));
@@ -47,9 +53,13 @@ export function speechTab(context) {
       return `${blob.type || "audio"} from ${modelId}`;
     });
   });
+  voice.addEventListener("focus", () => listVoices(context.model()));
   return {
     element,
-    modelChanged: listVoices,
+    modelChanged: () => {
+      listed = null;
+      voices.replaceChildren();
+    },
     cleanup() {
       if (objectUrl) URL.revokeObjectURL(objectUrl);
     },
