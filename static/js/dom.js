@@ -33,6 +33,15 @@ export function h(tag, attributes = {}, ...children) {
   return element;
 }
 
+// A two-column table of [label, value] pairs: settings, headers, facts.
+export function pairsTable(pairs, attributes = {}) {
+  return h(
+    "table",
+    { class: "headers", ...attributes },
+    h("tbody", {}, pairs.map(([label, value]) => h("tr", {}, h("th", { scope: "row" }, label), h("td", {}, value)))),
+  );
+}
+
 export function persisted(key, fallback) {
   try {
     const raw = localStorage.getItem("llamaswap." + key);

@@ -45,18 +45,46 @@ def cyclic_garbage(server, requests) -> collections.Counter:
         del gc.garbage[:]
         gc.enable()
 
+ONE_MODEL = f"""
+models:
+  m:
+    cmd: {fake("m")}
+"""
+
+
+def warm(memory, text: str | None = None):
+    """
+    llamaswap with one model (or C{text}'s), the model running and the
+    connection pool warm.
+    """
+    server = memory(text or ONE_MODEL)
+    server.chat("m")
+    return server
+
+
+def raw_chat(server, body: bytes, query: bytes = b""):
+    """
+    A chat request on a connection of its own, which the test can drop.
+    """
+    client = server.connect()
+    client.transport.write(
+        b"POST /v1/chat/completions" + query + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    return client
+
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_finished_request_leaves_no_cycles(memory, stream):
-    server = memory(
+    server = warm(
+        memory,
         f"""
         captureBuffer: 5
         models:
           m:
             cmd: {fake("m")}
-        """
+        """,
     )
-    server.chat("m")  # the model is running, the pool warm
 
     def requests():
         for _ in range(10):
@@ -76,14 +104,7 @@ def test_a_finished_request_leaves_no_cycles(memory, stream):
     ],
 )
 def test_other_requests_leave_no_cycles_either(memory, path, body, code):
-    server = memory(
-        f"""
-        models:
-          m:
-            cmd: {fake("m")}
-        """
-    )
-    server.chat("m")
+    server = warm(memory)
 
     def requests():
         for _ in range(5):
@@ -95,14 +116,7 @@ def test_other_requests_leave_no_cycles_either(memory, path, body, code):
 
 
 def test_a_cancelled_request_leaves_no_cycles(memory):
-    server = memory(
-        f"""
-        models:
-          m:
-            cmd: {fake("m")}
-        """
-    )
-    server.chat("m")
+    server = warm(memory)
 
     def requests():
         for _ in range(5):
@@ -117,7 +131,8 @@ def test_a_cancelled_request_leaves_no_cycles(memory):
 
 
 def test_requests_that_wait_for_a_model_leave_no_cycles(memory):
-    server = memory(
+    server = warm(
+        memory,
         f"""
         sendLoadingState: true
         models:
@@ -125,9 +140,8 @@ def test_requests_that_wait_for_a_model_leave_no_cycles(memory):
             cmd: {fake("m", "--startup-delay", "0.5")}
           other:
             cmd: {fake("other")}
-        """
+        """,
     )
-    server.chat("m")
 
     def requests():
         for model in ("other", "m", "other", "m"):  # each one swaps, the streamed ones with loading messages
@@ -140,7 +154,8 @@ def test_requests_that_wait_for_a_model_leave_no_cycles(memory):
 def test_uploads_and_peers_leave_no_cycles(memory):
     from tests.helpers import free_port, multipart
 
-    server = memory(
+    server = warm(
+        memory,
         f"""
         models:
           m:
@@ -149,9 +164,8 @@ def test_uploads_and_peers_leave_no_cycles(memory):
           far:
             proxy: http://127.0.0.1:{free_port()}
             models: [remote]
-        """
+        """,
     )
-    server.chat("m")
     body, content_type = multipart({"model": "m"}, {"file": ("a.wav", "audio/wav", b"RIFF" + b"\0" * 5000)})
 
     def requests():
@@ -165,23 +179,11 @@ def test_uploads_and_peers_leave_no_cycles(memory):
 
 
 def test_a_client_that_leaves_mid_stream_leaves_no_cycles(memory):
-    server = memory(
-        f"""
-        models:
-          m:
-            cmd: {fake("m")}
-        """
-    )
-    server.chat("m")
+    server = warm(memory)
 
     def requests():
         for _ in range(5):
-            client = server.connect()
-            body = b'{"model": "m", "stream": true}'
-            client.transport.write(
-                b"POST /v1/chat/completions?chunks=50&delay=0.1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(body) + body
-            )
+            client = raw_chat(server, b'{"model": "m", "stream": true}', b"?chunks=50&delay=0.1")
             server.advance(0.35)
             assert b"m-2" in client.received  # streaming
             client.transport.abortConnection()  # the user pressed Stop
@@ -192,26 +194,21 @@ def test_a_client_that_leaves_mid_stream_leaves_no_cycles(memory):
 
 
 def test_a_client_that_leaves_while_waiting_for_its_model_leaves_no_cycles(memory):
-    server = memory(
+    server = warm(
+        memory,
         f"""
         models:
           m:
             cmd: {fake("m", "--startup-delay", "1")}
           other:
             cmd: {fake("other")}
-        """
+        """,
     )
-    server.chat("m")
 
     def requests():
         for _ in range(3):
             server.chat("other")  # m is stopped: the next request for it waits
-            client = server.connect()
-            body = b'{"model": "m"}'
-            client.transport.write(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(body) + body
-            )
+            client = raw_chat(server, b'{"model": "m"}')
             server.advance(0.3)
             assert server.state("m") == "starting"
             client.transport.abortConnection()  # gives up while it loads

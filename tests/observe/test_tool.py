@@ -44,13 +44,21 @@ def test_output_is_bounded():
     assert len(output) == OUTPUT_LIMIT
 
 
-@pytest_twisted.inlineCallbacks
-def test_a_hanging_tool_is_killed_and_reaped(tmp_path):
+def hanging(tmp_path, timeout: float):
+    """
+    Run a tool that writes its pid and then hangs; gives the run and the
+    tool's pid once it is running (use with C{yield from}).
+    """
     marker = tmp_path / "pid"
     script = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
-    running = run_tool(sys.executable, ["-c", script], timeout=1.0)
+    running = run_tool(sys.executable, ["-c", script], timeout=timeout)
     yield from wait_until(lambda: marker.exists() and marker.read_text())
-    pid = int(marker.read_text())
+    return running, int(marker.read_text())
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_hanging_tool_is_killed_and_reaped(tmp_path):
+    running, pid = yield from hanging(tmp_path, timeout=1.0)
     assert alive(pid)
     with pytest.raises(ToolTimedOut, match="no answer in 1 s"):
         yield running
@@ -59,11 +67,8 @@ def test_a_hanging_tool_is_killed_and_reaped(tmp_path):
 
 @pytest_twisted.inlineCallbacks
 def test_cancelling_a_run_kills_the_tool(tmp_path):
-    marker = tmp_path / "pid"
-    script = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
-    running = run_tool(sys.executable, ["-c", script], timeout=60)
-    yield from wait_until(lambda: marker.exists() and marker.read_text())
-    pid = int(marker.read_text())
+    running, pid = yield from hanging(tmp_path, timeout=60)
+    assert alive(pid)
     running.cancel()
     with pytest.raises(CancelledError):
         yield running

@@ -2,7 +2,7 @@
 // activity log from /api/metrics/activity -- filtered, sorted, paged, live --
 // with a viewer for each request's capture and an export of what is shown.
 
-import { formatDuration, formatNumber, formatSpeed, h, persist, persisted, relativeTime, sseEvent, url } from "../dom.js";
+import { formatDuration, formatNumber, formatSpeed, h, pairsTable, persist, persisted, relativeTime, sseEvent, url } from "../dom.js";
 import { store } from "../store.js";
 
 const PAGE_SIZE = 50;
@@ -56,11 +56,7 @@ export function assembleStream(text) {
 
 function headersTable(headers) {
   if (!headers) return h("p", { class: "muted" }, "not kept");
-  return h(
-    "table",
-    { class: "headers" },
-    h("tbody", {}, Object.entries(headers).map(([name, value]) => h("tr", {}, h("th", {}, name), h("td", {}, value)))),
-  );
+  return pairsTable(Object.entries(headers));
 }
 
 function bodyBlock(label, text) {

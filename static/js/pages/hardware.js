@@ -2,7 +2,7 @@
 // /api/hardware) -- system, CPU and accelerators -- and the same as plain
 // text to paste into a bug report.
 
-import { h, url } from "../dom.js";
+import { h, pairsTable, url } from "../dom.js";
 
 const shown = (value) => (value === null || value === undefined || value === "" ? "Not detected" : String(value));
 const titleCase = (value) => String(value || "").replaceAll("_", " ").replace(/\b\w/g, (letter) => letter.toUpperCase());
@@ -50,10 +50,6 @@ export function hardwareSummary(machine) {
   return lines.join("\n");
 }
 
-function table(rows) {
-  return h("table", { class: "headers" }, h("tbody", {}, rows.map(([label, value]) => h("tr", {}, h("th", { scope: "row" }, label), h("td", {}, value)))));
-}
-
 function section(title, ...content) {
   return h("section", { class: "card", "aria-label": title }, h("div", { class: "card-header" }, h("h2", {}, title)), h("div", { class: "settings" }, ...content));
 }
@@ -86,12 +82,12 @@ export function hardwarePage(container) {
       }
     });
     body.replaceChildren(
-      section("System", table(System)),
-      section("CPU", table(CPU)),
+      section("System", pairsTable(System)),
+      section("CPU", pairsTable(CPU)),
       section(
         `Accelerators (${accelerators.length})`,
         accelerators.length
-          ? accelerators.map((accelerator) => h("div", { class: "accelerator" }, h("h3", {}, accelerator.title), table(accelerator.rows)))
+          ? accelerators.map((accelerator) => h("div", { class: "accelerator" }, h("h3", {}, accelerator.title), pairsTable(accelerator.rows)))
           : h("p", { class: "muted" }, "No accelerators were detected or exposed to this process."),
       ),
       section(

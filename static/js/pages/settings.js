@@ -2,7 +2,7 @@
 // Models page, the active profile (which changes how requests are routed),
 // and which llamaswap this is.
 
-import { h, persist, persisted, url } from "../dom.js";
+import { h, pairsTable, persist, persisted, url } from "../dom.js";
 import { store } from "../store.js";
 
 export function applyTheme(choice) {
@@ -99,7 +99,7 @@ export function settingsPage(container) {
       const info = await (await fetch(url("/api/version"))).json();
       const rows = [["Version", info.version], ["Commit", info.commit ? info.commit.slice(0, 7) : "–"], ["Built", info.build_date || "–"]];
       build.replaceChildren(
-        h("table", { class: "headers" }, h("tbody", {}, rows.map(([label, value]) => h("tr", {}, h("th", { scope: "row" }, label), h("td", {}, value))))),
+        pairsTable(rows),
         h("p", {}, h("a", { href: url("/ui/hardware"), "data-page": "hardware" }, "This machine's hardware")),
       );
     } catch (error) {
