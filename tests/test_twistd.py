@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +46,19 @@ def wait_for_health(port: int, process: subprocess.Popen | None = None, timeout:
             pass
         time.sleep(0.05)
     raise AssertionError("llamaswap did not answer /health")
+
+
+def settles(condition, timeout: float = 10) -> bool:
+    """
+    Whether C{condition()} becomes true within C{timeout} seconds (log lines
+    are written a moment after the answer).
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def gone(pid: int, timeout: float) -> bool:
@@ -126,6 +140,13 @@ def test_foreground_serves_health_and_stops_models_on_sigterm(spawn, config_file
     assert "Server Shut Down." in output
     assert all(gone(pid, 2) for pid in servers)
     assert "stopping 2 model(s) before exiting" in output
+    # the access log, in twistd's own text format
+    assert re.search(
+        r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[proxy#info\] \[INFO\] Request 127\.0\.0\.1 '
+        r'"POST /v1/chat/completions HTTP/1\.1" 200 \d+ "Python-urllib/[\d.]+" [\d.]+(µs|ms|s)$',
+        output,
+        re.MULTILINE,
+    ), output
 
 
 def test_no_orphan_after_sigkill_of_the_proxy(spawn, config_file):
@@ -168,12 +189,36 @@ def test_daemon_with_pidfile_and_logfile(spawn, config_file, tmp_path):
         http(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps({"model": "m1"}).encode())
         servers = model_server_pids(daemon)
         assert len(servers) == 1
-        assert "Request 127.0.0.1" in logfile.read_text()
+        assert settles(lambda: '"POST /v1/chat/completions HTTP/1.1" 200' in logfile.read_text())
+        # SIGUSR1 starts a new log file, as twistd's own log file does
+        os.kill(daemon, signal.SIGUSR1)
+        rotated = tmp_path / "llamaswap.log.1"
+        assert settles(rotated.exists)
+        assert '"POST /v1/chat/completions HTTP/1.1" 200' in rotated.read_text()
+        http(f"http://127.0.0.1:{port}/v1/models")
+        assert settles(lambda: "GET /v1/models" in logfile.read_text())
+        assert "GET /v1/models" not in rotated.read_text()
+        assert "POST /v1/chat/completions" not in logfile.read_text()
     finally:
         os.kill(daemon, signal.SIGTERM)
     assert gone(daemon, 20)
     assert all(gone(pid, 2) for pid in servers)
     assert "stopping 1 model(s) before exiting" in logfile.read_text()
+
+
+def test_daemon_logs_to_twistd_log_by_default(spawn, config_file, tmp_path):
+    port = free_port()
+    launcher = spawn("--pidfile", "llamaswap.pid", "llamaswap", "-c", str(config_file), "--listen", f"127.0.0.1:{port}")
+    launcher.communicate(timeout=30)
+    assert launcher.returncode == 0
+    wait_for_health(port)
+    daemon = int((tmp_path / "llamaswap.pid").read_text())
+    try:
+        http(f"http://127.0.0.1:{port}/v1/models")
+        assert settles(lambda: '"GET /v1/models HTTP/1.1" 200' in (tmp_path / "twistd.log").read_text())
+    finally:
+        os.kill(daemon, signal.SIGTERM)
+    assert gone(daemon, 20)
 
 
 def test_demo_configuration_without_config(spawn, tmp_path):

@@ -13,12 +13,13 @@ from twisted.internet import reactor as default_reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from llamaswap.http.answers import send_error
+from llamaswap.http.channel import LlamaswapChannel
 from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.logs import ProxyLog
 
@@ -133,47 +134,12 @@ class LlamaswapRequest(TrackedRequest):
         super().connectionLost(reason)
 
 
-class SwitchableChannel(http.HTTPChannel):
-    """
-    An HTTP/1.1 connection whose incoming bytes can be taken away from the
-    HTTP parser, for a request that upgrades the connection to another
-    protocol (a WebSocket relayed to a model server).
-
-    Twisted's generic channel would also speak HTTP/2 when the optional
-    C{h2} package is installed; llamaswap does not install it, so this
-    plain HTTP/1.1 channel loses nothing.
-    """
-
-    receiver: Callable[[bytes], None] | None = None
-
-    def divert_input(self, receiver: Callable[[bytes], None]) -> None:
-        """
-        From now on, give every byte the client sends to C{receiver}; the
-        connection closes after the current response, whatever it is.
-        """
-        self.receiver = receiver
-        self.persistent = False
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.receiver is not None:
-            self.receiver(data)
-        else:
-            super().dataReceived(data)
-
-    def rawDataReceived(self, data: bytes) -> None:
-        # what followed the request head in the same read
-        if self.receiver is not None:
-            self.receiver(data)
-        else:
-            super().rawDataReceived(data)
-
-
 class LlamaswapSite(server.Site):
     """
     The site: one access-log line per request in the proxy log.
     """
 
-    protocol = SwitchableChannel
+    protocol = LlamaswapChannel
     requestFactory = LlamaswapRequest
     displayTracebacks = False
     noisy = False

@@ -39,8 +39,8 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.web import resource, server
 from zope.interface import implementer
 
+from llamaswap.http.channel import LlamaswapChannel
 from llamaswap.http.multipart import InvalidForm, boundary_of, form_value, parse_fields
-from llamaswap.http.site import SwitchableChannel
 from llamaswap.testing import endpoints
 from llamaswap.testing.websocket import EchoSocket, accept_key
 
@@ -528,7 +528,7 @@ class FakeUpstream(resource.Resource):
 
 
 class _QuietSite(server.Site):
-    protocol = SwitchableChannel
+    protocol = LlamaswapChannel
 
     def log(self, request):
         pass

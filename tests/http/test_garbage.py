@@ -18,7 +18,7 @@ from tests.helpers import fake
 # Per connection, not per request: a channel and its transport refer to
 # each other (the test client opens a connection per request, and its
 # request body goes with it).
-NOT_THE_REQUESTS = {"SwitchableChannel", "BytesProducer"}
+NOT_THE_REQUESTS = {"LlamaswapChannel", "BytesProducer"}
 
 
 def cyclic_garbage(server, requests) -> collections.Counter:

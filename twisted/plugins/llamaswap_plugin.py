@@ -92,6 +92,7 @@ class LlamaswapServiceMaker:
         from llamaswap.config import ConfigError, load_config
         from llamaswap.config.demo import DEMO_NOTICE, demo_config
         from llamaswap.observe.store import StoreError
+        from llamaswap.observe.textlog import for_twistd
         from llamaswap.service import LlamaswapService
 
         notes: tuple[str, ...] = ()
@@ -126,7 +127,7 @@ class LlamaswapServiceMaker:
         # it again and again (they paused the server for tens of ms).
         gc.collect()
         gc.freeze()
-        return service
+        return for_twistd(service, getattr(options, "parent", None))
 
 
 serviceMaker = LlamaswapServiceMaker()
