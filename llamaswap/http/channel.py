@@ -10,6 +10,10 @@ Content-Length/Transfer-Encoding combinations.  Everything after the head
 stays Twisted's: the request object, body decoding and its size limits,
 pipelining, persistence, C{Expect: 100-continue}, timeouts, flow control
 and responses.
+
+Answers are sent as soon as they are written (L{send_now}) rather than on
+the reactor's next pass, and an answer's head goes out in the same send as
+its first body bytes (L{JoinedHeadRequest}).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 from typing import Callable
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
-from twisted.web import http
+from twisted.web import http, server
+
+from llamaswap.protocols.sending import send_now
 
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 _LENGTH_HEADERS = {b"content-length": b"Content-Length", b"transfer-encoding": b"Transfer-Encoding"}
@@ -58,6 +64,7 @@ class LlamaswapChannel(http.HTTPChannel):
     """
 
     receiver: Callable[[bytes], None] | None = None
+    _joined: list[bytes] | None = None  # what is written while joining writes
 
     def __init__(self):
         super().__init__()
@@ -95,8 +102,8 @@ class LlamaswapChannel(http.HTTPChannel):
         searched = max(len(head) - 3, 0)
         head += data
         if searched == 0:
-            # one empty line before a request is tolerated (old browsers
-            # send it after a POST)
+            # empty lines before a request are skipped (old browsers send
+            # one after a POST)
             while head.startswith(b"\r\n"):
                 del head[:2]
         end = head.find(b"\r\n\r\n", searched)
@@ -151,7 +158,63 @@ class LlamaswapChannel(http.HTTPChannel):
         self.allHeadersReceived()
         return True
 
+    # the response side
+
+    def writeHeaders(self, version, code, reason, headers) -> None:
+        if not isinstance(headers, http.Headers):
+            super().writeHeaders(version, code, reason, headers)  # Twisted sanitises other shapes
+            return
+        lines = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                lines.extend((name, b": ", value, b"\r\n"))
+        lines.append(b"\r\n")
+        self.writeSequence(lines)
+
+    def write(self, data: bytes) -> None:
+        if self._joined is not None:
+            self._joined.append(data)
+        else:
+            send_now(self.transport, data)
+
+    def writeSequence(self, iovec) -> None:
+        if self._joined is not None:
+            self._joined.extend(iovec)
+        else:
+            send_now(self.transport, b"".join(iovec))
+
+    def join_writes(self) -> None:
+        """
+        Collect what is written from now on, to send it in one piece with
+        L{send_joined}.
+        """
+        self._joined = []
+
+    def send_joined(self) -> None:
+        joined, self._joined = self._joined, None
+        if joined:
+            send_now(self.transport, b"".join(joined))
+
     def _bad_request(self) -> None:
         self._head = bytearray()
         self.persistent = False
         self._respondToBadRequestAndDisconnect()
+
+
+class JoinedHeadRequest(server.Request):
+    """
+    A request whose answer's head is sent together with the first bytes of
+    its body (Twisted writes them separately, which with immediate sends
+    would be two packets).
+    """
+
+    def write(self, data: bytes) -> None:
+        channel = self.channel
+        if self.startedWriting or not data or not isinstance(channel, LlamaswapChannel):
+            super().write(data)
+            return
+        channel.join_writes()
+        try:
+            super().write(data)
+        finally:
+            channel.send_joined()

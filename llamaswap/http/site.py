@@ -19,7 +19,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from llamaswap.http.answers import send_error
-from llamaswap.http.channel import LlamaswapChannel
+from llamaswap.http.channel import JoinedHeadRequest, LlamaswapChannel
 from llamaswap.observe.backlog import Backlog
 from llamaswap.observe.logs import ProxyLog
 
@@ -53,7 +53,7 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:.3f}s"
 
 
-class TrackedRequest(server.Request):
+class TrackedRequest(JoinedHeadRequest):
     """
     A request that remembers whether its client went away, so that code
     holding it can ask (C{request.gone}) before writing.

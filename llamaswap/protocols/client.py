@@ -40,6 +40,8 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from llamaswap.protocols.sending import send_now
+
 MAX_HEAD_BYTES = 64 * 1024
 MAX_CHUNK_LINE = 1024
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -268,7 +270,7 @@ class UpstreamConnection(Protocol):
             lines.append(b"Content-Length: " + str(length).encode())
         head = b"\r\n".join(lines) + b"\r\n\r\n"
         if producer is None:
-            self.transport.write(head + body if body else head)
+            send_now(self.transport, head + body if body else head)
         else:
             self.transport.write(head)
             self.transport.registerProducer(producer, True)

@@ -39,7 +39,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.web import resource, server
 from zope.interface import implementer
 
-from llamaswap.http.channel import LlamaswapChannel
+from llamaswap.http.channel import JoinedHeadRequest, LlamaswapChannel
 from llamaswap.http.multipart import InvalidForm, boundary_of, form_value, parse_fields
 from llamaswap.testing import endpoints
 from llamaswap.testing.websocket import EchoSocket, accept_key
@@ -527,8 +527,16 @@ class FakeUpstream(resource.Resource):
     }
 
 
+class _UpstreamRequest(JoinedHeadRequest):
+    """
+    The fake server's requests (a class of their own, so tests looking at
+    llamaswap's objects can tell them apart).
+    """
+
+
 class _QuietSite(server.Site):
     protocol = LlamaswapChannel
+    requestFactory = _UpstreamRequest
 
     def log(self, request):
         pass

@@ -10,7 +10,11 @@ import json
 import re
 
 import pytest
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
+from llamaswap.http.channel import JoinedHeadRequest, LlamaswapChannel
 from tests.helpers import fake
 
 CONFIG = f"""
@@ -173,3 +177,79 @@ def test_a_request_after_a_refused_one_on_the_same_connection_is_not_read(server
     answer = server.raw(b"GET /health HTTP/1.1\r\nBad Name: y\r\n\r\n" + chat_request())
     assert statuses(answer) == [400]
     assert relayed(server) == 1
+
+
+# The response side, on a transport that records each write.
+
+
+class RecordingTransport(StringTransport):
+    def __init__(self):
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+    def writeSequence(self, data) -> None:
+        self.write(b"".join(data))
+
+
+class Answers(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        if request.path == b"/whole":
+            return b"hello"
+        if request.path == b"/empty":
+            request.setResponseCode(204)
+            return b""
+        if request.path == b"/head-first":
+            request.write(b"")  # the head now, the body later
+            request.notifyFinish().addErrback(lambda failure: None)
+            self.pending = request
+            return NOT_DONE_YET
+        request.write(b"chunk one")  # no length: chunked
+        request.write(b"chunk two")
+        request.finish()
+        return NOT_DONE_YET
+
+    render_HEAD = render_GET
+
+
+def answer(path: bytes, method: bytes = b"GET") -> tuple[list[bytes], Answers]:
+    resource = Answers()
+    site = Site(resource)
+    site.requestFactory = JoinedHeadRequest
+    site.protocol = LlamaswapChannel
+    channel = site.buildProtocol(None)
+    transport = RecordingTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    return transport.writes, resource
+
+
+def test_the_head_goes_out_with_the_body():
+    writes, _ = answer(b"/whole")
+    assert len(writes) == 1
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\nhello")
+
+
+def test_a_head_without_a_body():
+    writes, _ = answer(b"/empty")
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 204 ") and writes[0].endswith(b"\r\n\r\n")
+    writes, _ = answer(b"/whole", b"HEAD")
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(b"\r\n\r\n")
+
+
+def test_a_head_sent_first_is_not_held_back():
+    writes, resource = answer(b"/head-first")
+    assert len(writes) == 1 and writes[0].endswith(b"\r\n\r\n")
+    resource.pending.write(b"later")
+    assert writes[1:] == [b"5\r\nlater\r\n"]
+
+
+def test_a_chunked_answer():
+    writes, _ = answer(b"/chunked")
+    assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(b"\r\n\r\n9\r\nchunk one\r\n")
+    assert writes[1:] == [b"9\r\nchunk two\r\n", b"0\r\n\r\n"]
