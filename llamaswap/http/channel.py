@@ -22,6 +22,7 @@ from typing import Callable
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.web import http, server
+from twisted.web.http_headers import Headers
 
 from llamaswap.protocols.sending import send_now
 
@@ -65,10 +66,17 @@ class LlamaswapChannel(http.HTTPChannel):
 
     receiver: Callable[[bytes], None] | None = None
     _joined: list[bytes] | None = None  # what is written while joining writes
+    _host = None
 
     def __init__(self):
         super().__init__()
         self._head = bytearray()
+
+    def getHost(self):
+        # asked for every request; it is a system call, and it never changes
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def divert_input(self, receiver: Callable[[bytes], None]) -> None:
         """
@@ -161,7 +169,7 @@ class LlamaswapChannel(http.HTTPChannel):
     # the response side
 
     def writeHeaders(self, version, code, reason, headers) -> None:
-        if not isinstance(headers, http.Headers):
+        if not isinstance(headers, Headers):
             super().writeHeaders(version, code, reason, headers)  # Twisted sanitises other shapes
             return
         lines = [version, b" ", code, b" ", reason, b"\r\n"]
