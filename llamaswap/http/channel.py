@@ -18,6 +18,7 @@ its first body bytes (L{JoinedHeadRequest}).
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -28,6 +29,15 @@ from llamaswap.protocols.sending import send_now
 
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 _LENGTH_HEADERS = {b"content-length": b"Content-Length", b"transfer-encoding": b"Transfer-Encoding"}
+
+
+def _ascii_request_line(line: bytes) -> bytes:
+    """
+    The request line with bytes beyond ASCII percent-encoded: llhttp refuses
+    them, and clients (curl with a model name in a path) send them raw.  A
+    server decoding the path gets the same bytes either way.
+    """
+    return re.sub(rb"[\x80-\xff]", lambda match: b"%%%02X" % match.group()[0], line)
 
 
 class _Head:
@@ -138,6 +148,9 @@ class LlamaswapChannel(http.HTTPChannel):
         Parse one complete head and start its request; C{False} when it was
         refused.
         """
+        line_end = data.find(b"\r\n")
+        if not data[:line_end].isascii():
+            data = _ascii_request_line(data[:line_end]) + data[line_end:]
         found = _Head()
         parser = HttpRequestParser(found)
         try:

@@ -89,6 +89,14 @@ def test_an_empty_line_before_the_request_is_tolerated(server):
     assert statuses(server.raw(b"\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")) == [200]
 
 
+def test_raw_utf8_in_the_target_is_read_as_its_percent_encoding(server):
+    answer = server.raw("GET /v1/models?café=1 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert statuses(answer) == [200]
+    answer = server.raw("GET /nowhere/café HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert statuses(answer) == [404]
+    assert "GET /nowhere/caf%C3%A9" in server.service.logs.proxy_monitor.history().decode()
+
+
 def test_chunked_request_body(server):
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in (CHAT[:10], CHAT[10:]))
     answer = server.raw(
@@ -128,6 +136,7 @@ def test_nothing_after_connection_close_is_read(server):
 
 BAD_HEADS = {
     "garbage request line": b"HELLO\r\n\r\n",
+    "a method HTTP does not define": b"FROB /health HTTP/1.1\r\nHost: x\r\n\r\n",
     "no version (HTTP/0.9)": b"GET /health\r\nHost: x\r\n\r\n",
     "HTTP/0.9 spelled out": b"GET /health HTTP/0.9\r\nHost: x\r\n\r\n",
     "unknown version": b"GET /health HTTP/7.3\r\nHost: x\r\n\r\n",
