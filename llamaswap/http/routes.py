@@ -187,7 +187,8 @@ class Routes:
         """
         The inference endpoints, dispatched without Klein's routing: they
         carry almost all the traffic, and skipping the router is measurably
-        cheaper (see benchmarks/README.md).
+        cheaper (see benchmarks/README.md).  So are the endpoints monitors
+        and clients poll all day (health checks, the model list).
         """
         if self._fast is not None:
             return self._fast
@@ -198,6 +199,13 @@ class Routes:
             routes[(b"GET", path.encode())] = self.query_inference
         for kind in OLLAMA_KINDS:
             routes[(b"POST", f"/api/{kind}".encode())] = functools.partial(self._ollama, kind=kind)
+        for path, handler in (
+            (b"/health", self.health),
+            (b"/wol-health", self.wol_health),
+            (b"/v1/models", self.list_models),
+            (b"/models", self.list_models),
+        ):
+            routes[(b"GET", path)] = handler
         return routes
 
     @property

@@ -94,6 +94,17 @@ def test_a_finished_request_leaves_no_cycles(memory, stream):
     assert cyclic_garbage(server, requests) == {}
 
 
+@pytest.mark.parametrize("path", ["/health", "/wol-health", "/v1/models", "/models"])
+def test_polled_endpoints_leave_no_cycles(memory, path):
+    server = warm(memory)
+
+    def requests():
+        for _ in range(10):
+            assert server.fetch("GET", path)[0].code == 200
+
+    assert cyclic_garbage(server, requests) == {}
+
+
 @pytest.mark.parametrize(
     "path, body, code",
     [
