@@ -14,6 +14,11 @@ and responses.
 Answers are sent as soon as they are written (L{send_now}) rather than on
 the reactor's next pass, and an answer's head goes out in the same send as
 its first body bytes (L{JoinedHeadRequest}).
+
+The channel drives Twisted's through the steps its own line parser takes
+(the request line kept for C{allContentReceived}, the body decoder chosen
+by C{_maybeChooseTransferDecoder}): tests/http/test_channel.py is what
+notices a Twisted release that changes them.
 """
 
 from __future__ import annotations
