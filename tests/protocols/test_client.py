@@ -4,8 +4,14 @@ The lean upstream HTTP/1.1 client, byte by byte on an in-memory transport.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -280,3 +286,19 @@ def test_switching_protocols_turns_the_connection_into_a_tunnel():
     protocol.connectionLost(Failure(ConnectionDone()))
     assert sink.done == [(True, "")]
     assert parked == []  # never reused
+
+
+@pytest_twisted.inlineCallbacks
+def test_connections_to_servers_do_not_wait_to_fill_packets():
+    # Nagle's algorithm held a body written after its head until the
+    # server's delayed acknowledgement: uploads took 40 ms more, now and then.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    try:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", listener.getsockname()[1])
+        protocol = yield endpoint.connect(Factory.forProtocol(lambda: UpstreamConnection(lambda connection: None)))
+        assert protocol.transport.getTcpNoDelay()
+        protocol.transport.abortConnection()
+    finally:
+        listener.close()
