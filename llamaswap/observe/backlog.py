@@ -1,10 +1,12 @@
 """
 Work that must not hold up an answer: access-log lines and token metrics.
 
-An answer's last bytes are only sent on the reactor's next pass over its
-connections, so anything done in the same turn as the end of a response --
-formatting a log line, parsing usage -- delays the client.  Jobs queued here
-run shortly after, in one batch, by which time the answer is on its way.
+Anything done in the same turn as the end of a response -- formatting a
+log line, parsing usage -- delays whatever else the reactor has to do in
+that turn: the other answers under load, and this one's last bytes where
+they wait for the reactor's next pass (TLS, a slow client; over plain TCP
+they leave as they are written, see L{llamaswap.protocols.sending}).  Jobs
+queued here run shortly after, in one batch.
 """
 
 from __future__ import annotations
