@@ -53,7 +53,7 @@ def test_one_formatter_through_many_seconds():
         assert format_event(dict(event)) == formatEventAsClassicLogText(dict(event))
 
 
-def test_the_observer_writes_each_line_at_once():
+def test_the_observer_writes_a_line_per_event():
     out = io.StringIO()
     observer = textlog.text_observer(out)
     observer({"log_time": WHEN, "log_format": "{line}", "line": "one", "log_namespace": "proxy"})
