@@ -493,10 +493,14 @@ def test_playground_tabs_follow_the_models_capabilities(server, page):
     assert page.errors == []
 
 
-def test_playground_images_speech_transcription_and_rerank(server, page):
+def open_playground_tab(server, page, model: str, tab: str) -> None:
     page.goto(server.url + "/ui/playground")
-    page.get_by_test_id("playground-model").select_option("studio")
-    page.get_by_role("tab", name="Images").click()
+    page.get_by_test_id("playground-model").select_option(model)
+    page.get_by_role("tab", name=tab).click()
+
+
+def test_playground_images_speech_transcription_and_rerank(server, page):
+    open_playground_tab(server, page, "studio", "Images")
     page.get_by_label("Image prompt").fill("a llama swapping hats")
     page.get_by_role("button", name="Generate").click()
     # the model takes a second to start: the wait is explained
@@ -540,9 +544,7 @@ def test_playground_images_speech_transcription_and_rerank(server, page):
 
 
 def test_choosing_a_model_for_speech_does_not_load_it(server, page):
-    page.goto(server.url + "/ui/playground")
-    page.get_by_test_id("playground-model").select_option("studio")
-    page.get_by_role("tab", name="Speech").click()
+    open_playground_tab(server, page, "studio", "Speech")
     page.get_by_label("Voice").focus()  # a stopped model is not asked for its voices
     page.wait_for_timeout(500)
     assert json.loads(urllib.request.urlopen(server.url + "/running", timeout=10).read())["running"] == []
@@ -560,9 +562,7 @@ def test_choosing_a_model_for_speech_does_not_load_it(server, page):
 
 
 def test_playground_errors_are_shown(server, page):
-    page.goto(server.url + "/ui/playground")
-    page.get_by_test_id("playground-model").select_option("studio")
-    page.get_by_role("tab", name="Rerank").click()
+    open_playground_tab(server, page, "studio", "Rerank")
     page.route("**/v1/rerank", lambda route: route.continue_(post_data=b"{not json"))
     page.get_by_label("Query").fill("q")
     page.get_by_label("Documents").fill("d")
@@ -573,9 +573,7 @@ def test_playground_errors_are_shown(server, page):
 
 
 def test_playground_concurrency_tester(server, page):
-    page.goto(server.url + "/ui/playground")
-    page.get_by_test_id("playground-model").select_option("beta")
-    page.get_by_role("tab", name="Concurrency").click()
+    open_playground_tab(server, page, "beta", "Concurrency")
     page.get_by_label("Parallel requests").fill("5")
     page.get_by_role("button", name="Run").click()
     expect(page.get_by_test_id("concurrency-summary")).to_contain_text("5 of 5 done", timeout=20000)
